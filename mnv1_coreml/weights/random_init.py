@@ -1,0 +1,61 @@
+"""Seeded random weights whose logits mean something.
+
+Plain ``nn.init`` leaves BatchNorm at mean 0 / var 1, so activations drift and collapse with
+depth, and fp16 or palettization comparisons on such a net measure noise. Instead: He-normal
+conv weights (fan-out, as timm and torchvision train MobileNets), BN scale and shift drawn
+around 1 and 0, then the running statistics are *calibrated* by one train-mode pass over seeded
+smooth pictures, so every layer sees normalised activations as in a trained network. The FC
+layer is He-scaled, giving class logits a spread of several units.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model import MobileNetConfig, MobileNetV1
+from .core import ArchSettings, LoadedWeights, state_dict_sha256
+
+CALIBRATION_IMAGES = 4
+
+
+def smooth_pictures(n: int, res: int, generator: torch.Generator) -> torch.Tensor:
+    """(n, 3, res, res) uint8-range pictures: upsampled noise, like blurry natural images."""
+    coarse = torch.rand(n, 3, 7, 7, generator=generator) * 255.0
+    fine = torch.rand(n, 3, 28, 28, generator=generator) * 64.0 - 32.0
+    x = F.interpolate(coarse, size=(res, res), mode="bicubic", align_corners=False)
+    x = x + F.interpolate(fine, size=(res, res), mode="bilinear", align_corners=False)
+    return x.clamp(0, 255).round()
+
+
+@torch.no_grad()
+def random_weights(alpha: float, res: int, seed: int, settings: ArchSettings) -> LoadedWeights:
+    """Deterministic for a given (alpha, res, seed, settings) on a given CPU."""
+    cfg = MobileNetConfig(
+        alpha=alpha, res=res, padding=settings.padding,
+        activation=settings.activation, bn_eps=settings.bn_eps,
+    )
+    g = torch.Generator().manual_seed(seed)
+    model = MobileNetV1(cfg)
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            fan_out = m.out_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+            m.weight.normal_(0.0, math.sqrt(2.0 / fan_out), generator=g)
+        elif isinstance(m, nn.BatchNorm2d):
+            m.weight.uniform_(0.7, 1.3, generator=g)
+            m.bias.normal_(0.0, 0.25, generator=g)
+            m.momentum = None  # cumulative average: running stats = calibration batch stats
+        elif isinstance(m, nn.Linear):
+            m.weight.normal_(0.0, math.sqrt(2.0 / m.in_features), generator=g)
+            m.bias.normal_(0.0, 0.1, generator=g)
+    pixels = smooth_pictures(CALIBRATION_IMAGES, res, g)
+    images = pixels.permute(0, 2, 3, 1).to(torch.uint8).numpy()
+    model.train()
+    model(settings.normalization.apply(images))
+    model.eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()
+             if not k.endswith("num_batches_tracked")}
+    return LoadedWeights(state, "random", f"random:{seed}", state_dict_sha256(state), settings)
