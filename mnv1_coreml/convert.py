@@ -231,11 +231,16 @@ def rename_probabilities(mlmodel: Any) -> Any:
     return ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
 
 
+def preflight(opts: ConvertOptions) -> str:
+    """Checks that need no work: refuse bad output paths and targets before building anything."""
+    check_output(opts.output, opts.force)
+    return choose_target(opts.target, opts.compression)
+
+
 def convert(opts: ConvertOptions, on_step: StepCallback | None = None) -> ConvertResult:
     """Build, trace, convert, compress, save atomically, and (by default) validate."""
     step = on_step or (lambda _name: None)
-    check_output(opts.output, opts.force)
-    target = choose_target(opts.target, opts.compression)
+    target = preflight(opts)
 
     step("build")
     weights = load_weights(

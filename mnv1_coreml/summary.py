@@ -115,3 +115,23 @@ def paper_macs_millions(alpha: float, res: int) -> int:
     """
     at_224 = summarize(MobileNetConfig(alpha=alpha, res=224)).macs
     return round(at_224 * (res / 224) ** 2 / 1e6)
+
+
+PAPER_ALPHAS = (1.0, 0.75, 0.5, 0.25)
+PAPER_RESOLUTIONS = (224, 192, 160, 128)
+
+
+def variants_markdown() -> str:
+    """The 16 alpha x resolution variants as a markdown table (the README embeds this output)."""
+    lines = [
+        "| alpha | res | params | mult-adds (exact) | mult-adds (paper, M) |",
+        "|---:|---:|---:|---:|---:|",
+    ]
+    for alpha in PAPER_ALPHAS:
+        for res in PAPER_RESOLUTIONS:
+            s = summarize(MobileNetConfig(alpha=alpha, res=res))
+            lines.append(
+                f"| {alpha} | {res} | {s.params:,} | {s.macs:,} | "
+                f"{paper_macs_millions(alpha, res)} |"
+            )
+    return "\n".join(lines)

@@ -1,0 +1,362 @@
+"""``mnv1-coreml``: a thin Typer shell over the library. Parsing and printing only.
+
+Bad input of any kind (unparsable values, user errors raised by the library) ends in one line on
+stderr and exit code 2; a failed validation ends in exit code 1.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import __version__
+from .errors import UserError
+
+app = typer.Typer(
+    name="mnv1-coreml",
+    help="MobileNet V1 from PyTorch to Core ML, validated against PyTorch on any OS.",
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+
+class PrecisionChoice(str, Enum):
+    fp16 = "fp16"
+    fp32 = "fp32"
+
+
+class TargetChoice(str, Enum):
+    iOS15 = "iOS15"
+    iOS16 = "iOS16"
+    iOS17 = "iOS17"
+    iOS18 = "iOS18"
+
+
+class Granularity(str, Enum):
+    per_tensor = "per-tensor"
+    per_grouped_channel = "per-grouped-channel"
+
+
+class QuantizeChoice(str, Enum):
+    int8 = "int8"
+
+
+class PaddingChoice(str, Enum):
+    torch = "torch"
+    tf = "tf"
+
+
+class ActivationChoice(str, Enum):
+    relu = "relu"
+    relu6 = "relu6"
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"mnv1-coreml {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    """MobileNet V1 from PyTorch to Core ML, validated against PyTorch on any OS."""
+
+
+AlphaOpt = Annotated[float, typer.Option("--alpha", help="Width multiplier, any number > 0.")]
+ResOpt = Annotated[int, typer.Option("--res", help="Input resolution: a multiple of 32, 32-1024.")]
+WeightsOpt = Annotated[
+    str,
+    typer.Option(
+        "--weights",
+        help="imagenet (Keras files, 16 variants), timm (alpha 1.0), random, or a file path "
+        "(.h5, .safetensors, .pt, .pth).",
+    ),
+]
+SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for --weights random.")]
+
+
+def _parse_triplet(text: str | None, name: str) -> tuple[float, float, float] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3:
+        raise UserError(f"{name} takes three comma-separated numbers (R,G,B), got {text!r}")
+    return values  # type: ignore[return-value]
+
+
+def _overrides(
+    padding: PaddingChoice | None,
+    activation: ActivationChoice | None,
+    bn_eps: float | None,
+    mean: str | None,
+    std: str | None,
+) -> dict[str, object]:
+    """Architecture settings the user forces over what the weights' format implies."""
+    overrides: dict[str, object] = {}
+    if padding is not None:
+        overrides["padding"] = padding.value
+    if activation is not None:
+        overrides["activation"] = activation.value
+    if bn_eps is not None:
+        if not bn_eps > 0:
+            raise UserError(f"--bn-eps must be > 0, got {bn_eps}")
+        overrides["bn_eps"] = bn_eps
+    m, s = _parse_triplet(mean, "--mean"), _parse_triplet(std, "--std")
+    if (m is None) != (s is None):
+        raise UserError("--mean and --std go together; pass both (R,G,B in 0..1 units)")
+    if m is not None and s is not None:
+        from .images import Normalization
+
+        try:
+            overrides["normalization"] = Normalization(m, s)
+        except ValueError as exc:
+            raise UserError(f"--mean/--std: {exc}") from None
+    return overrides
+
+
+PaddingOpt = Annotated[
+    Optional[PaddingChoice],  # noqa: UP045 - typer needs Optional on 3.10
+    typer.Option("--padding", help="Override: torch (symmetric) or tf (SAME) padding."),
+]
+ActivationOpt = Annotated[
+    Optional[ActivationChoice],  # noqa: UP045
+    typer.Option("--activation", help="Override: relu or relu6."),
+]
+EpsOpt = Annotated[
+    Optional[float], typer.Option("--bn-eps", help="Override: BatchNorm epsilon.")  # noqa: UP045
+]
+MeanOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--mean", help="Override: input mean R,G,B in 0..1 units."),
+]
+StdOpt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--std", help="Override: input std R,G,B in 0..1 units."),
+]
+
+
+@contextmanager
+def _steps(names: Sequence[str], title: str) -> Iterator[callable]:
+    """A progress bar over named steps; the library reports each step as it starts."""
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+        console=err,
+        transient=False,
+    )
+    task = progress.add_task(title, total=len(names))
+    seen: list[str] = []
+
+    def on_step(name: str) -> None:
+        if seen:
+            progress.advance(task)
+        seen.append(name)
+        progress.update(task, description=f"{title}: {name}")
+
+    with progress:
+        yield on_step
+        progress.update(task, completed=len(names), description=f"{title}: done")
+
+
+@app.command()
+def summary(
+    alpha: AlphaOpt = 1.0,
+    res: ResOpt = 224,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    all_variants: Annotated[
+        bool,
+        typer.Option("--all", help="Markdown table of the 16 paper variants (alpha x res)."),
+    ] = False,
+) -> None:
+    """Per-layer shapes, parameters and mult-adds (the paper's Tables 6 and 7)."""
+    from .model import MobileNetConfig
+    from .summary import paper_macs_millions, summarize, variants_markdown
+
+    if all_variants:
+        out.print(variants_markdown(), markup=False, highlight=False)
+        return
+    try:
+        cfg = MobileNetConfig(alpha=alpha, res=res)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    s = summarize(cfg)
+    if as_json:
+        print(json.dumps(s.to_json(), indent=2))
+        return
+    table = Table(title=f"MobileNet V1 alpha={alpha} res={res}")
+    for col in ("layer", "type", "stride", "input", "output", "params", "mult-adds"):
+        table.add_column(col, justify="right" if col in ("params", "mult-adds") else "left")
+    for r in s.layers:
+        table.add_row(
+            r.name, r.type, str(r.stride), "x".join(map(str, r.input_shape)),
+            "x".join(map(str, r.output_shape)), f"{r.params:,}", f"{r.macs:,}",
+        )
+    table.add_row("total", "", "", "", "", f"{s.params:,}", f"{s.macs:,}", style="bold")
+    out.print(table)
+    out.print(
+        f"params {s.params:,} ({s.params / 1e6:.1f}M); mult-adds {s.macs:,} "
+        f"({s.macs / 1e6:.2f}M exact, paper prints {paper_macs_millions(alpha, res)}M)"
+    )
+
+
+def compression_spec(
+    palettize: int | None,
+    granularity: Granularity,
+    group_size: int,
+    quantize: QuantizeChoice | None,
+):
+    """The compression options as the library's spec, or None."""
+    if palettize is None and quantize is None:
+        if granularity is not Granularity.per_tensor:
+            raise UserError("--granularity needs --palettize")
+        return None
+    if palettize is not None and quantize is not None:
+        raise UserError("--palettize and --quantize are exclusive; pick one")
+    if palettize is not None and palettize not in (1, 2, 3, 4, 6, 8):
+        raise UserError(f"--palettize takes 8, 6, 4 (or 3, 2, 1) bits, got {palettize}")
+    if group_size < 1:
+        raise UserError(f"--group-size must be >= 1, got {group_size}")
+    from .compress import CompressionSpec
+
+    try:
+        return CompressionSpec(
+            palettize_bits=palettize,
+            granularity=granularity.value,
+            group_size=group_size,
+            quantize=quantize.value if quantize else None,
+        )
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+
+
+@app.command()
+def convert(
+    alpha: AlphaOpt = 1.0,
+    res: ResOpt = 224,
+    weights: WeightsOpt = "random",
+    seed: SeedOpt = 0,
+    precision: Annotated[
+        PrecisionChoice, typer.Option("--precision", help="Compute precision of the program.")
+    ] = PrecisionChoice.fp16,
+    palettize: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--palettize", help="k-means palettize every conv/FC weight: 8, 6 or 4 bits."),
+    ] = None,
+    granularity: Annotated[
+        Granularity, typer.Option("--granularity", help="One palette per tensor or per group.")
+    ] = Granularity.per_tensor,
+    group_size: Annotated[
+        int, typer.Option("--group-size", help="Output channels per palette (grouped mode).")
+    ] = 16,
+    quantize: Annotated[
+        Optional[QuantizeChoice],  # noqa: UP045
+        typer.Option("--quantize", help="Linear symmetric per-channel weight quantization."),
+    ] = None,
+    target: Annotated[
+        Optional[TargetChoice],  # noqa: UP045
+        typer.Option("--target", help="Minimum deployment target (default: lowest possible)."),
+    ] = None,
+    output: Annotated[
+        Path, typer.Option("-o", "--output", help="Output .mlpackage path.")
+    ] = Path("MobileNetV1.mlpackage"),
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
+    no_validate: Annotated[
+        bool, typer.Option("--no-validate", help="Skip validation against PyTorch.")
+    ] = False,
+    sha256: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--sha256", help="Pin the SHA-256 of the weights file."),
+    ] = None,
+    padding: PaddingOpt = None,
+    activation: ActivationOpt = None,
+    bn_eps: EpsOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+) -> None:
+    """Convert MobileNet V1 to a Core ML ML Program image classifier (.mlpackage)."""
+    from .convert import ConvertOptions, preflight
+    from .convert import convert as run_convert
+
+    if output.suffix != ".mlpackage":
+        raise UserError(f"output must end in .mlpackage, got {output}")
+    opts = ConvertOptions(
+        alpha=alpha, res=res, weights=weights, seed=seed, precision=precision.value,
+        compression=compression_spec(palettize, granularity, group_size, quantize),
+        target=target.value if target else None, output=output, force=force,
+        validate=not no_validate, weights_sha256=sha256,
+        overrides=_overrides(padding, activation, bn_eps, mean, std),
+    )
+    preflight(opts)
+    steps = ["build", "trace", "convert", "compress", "save"]
+    if not no_validate:
+        steps.append("validate")
+    with _steps(steps, "convert") as on_step:
+        result = run_convert(opts, on_step=on_step)
+    size = sum(p.stat().st_size for p in result.path.rglob("*") if p.is_file())
+    out.print(
+        f"wrote {result.path} ({size / 1e6:.2f} MB, {opts.precision}, target {result.target})"
+    )
+    if result.compression_report is not None:
+        for line in result.compression_report.summary_lines():
+            out.print(line)
+    if result.validation is not None:
+        out.print(result.validation.verdict_line())
+        if not result.validation.passed:
+            raise typer.Exit(1)
+
+
+def _fail(message: str) -> int:
+    """Bad input: one line on stderr (never wrapped, never a traceback), exit code 2."""
+    print(f"mnv1-coreml: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: one line and exit 2 for bad input, never a traceback."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        rv = app(args=args, prog_name="mnv1-coreml", standalone_mode=False)
+    except typer.Exit as exc:
+        return exc.exit_code
+    except typer.TyperException as exc:  # click's UsageError/BadParameter family
+        if type(exc).__name__ == "NoArgsIsHelpError":
+            return main([*args, "--help"])
+        return _fail(exc.format_message())
+    except UserError as exc:
+        return _fail(str(exc))
+    except (KeyboardInterrupt, typer.Abort):
+        err.print("mnv1-coreml: interrupted", markup=False)
+        return 130
+    return rv if isinstance(rv, int) else 0
+
+
+def run() -> None:
+    sys.exit(main())
+
+
+if __name__ == "__main__":  # pragma: no cover
+    run()
