@@ -329,6 +329,129 @@ def convert(
             raise typer.Exit(1)
 
 
+class BackendChoice(str, Enum):
+    auto = "auto"
+    coreml = "coreml"
+    reference = "reference"
+
+
+class UnitsChoice(str, Enum):
+    all = "all"
+    cpu = "cpu"
+    cpu_gpu = "cpu-gpu"
+    cpu_ne = "cpu-ne"
+
+
+@app.command()
+def golden(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Golden directory to write.")],
+    alpha: AlphaOpt = 1.0,
+    res: ResOpt = 224,
+    weights: WeightsOpt = "random",
+    seed: SeedOpt = 0,
+    images: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--images", help="Directory of photos (default: the packaged ones)."),
+    ] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
+    sha256: Annotated[
+        Optional[str],  # noqa: UP045
+        typer.Option("--sha256", help="Pin the SHA-256 of the weights file."),
+    ] = None,
+    padding: PaddingOpt = None,
+    activation: ActivationOpt = None,
+    bn_eps: EpsOpt = None,
+    mean: MeanOpt = None,
+    std: StdOpt = None,
+) -> None:
+    """Write golden PyTorch logits (logits.npz + manifest.json) for validate."""
+    from .fsutil import check_output
+    from .golden import golden_for, write_golden
+    from .model import check_alpha, check_res
+
+    try:
+        check_alpha(alpha)
+        check_res(res)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    check_output(output, force)
+    g = golden_for(
+        alpha, res, weights, seed=seed, image_dir=images, weights_sha256=sha256,
+        overrides=_overrides(padding, activation, bn_eps, mean, std),
+    )
+    write_golden(g, output, force=force)
+    out.print(f"wrote {output}: {len(g.names)} images, logits {g.logits.shape[0]}x"
+              f"{g.logits.shape[1]}, weights {g.manifest['weights']}")
+
+
+@app.command()
+def validate(
+    model: Annotated[Path, typer.Argument(help="The .mlpackage to check.")],
+    golden_dir: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--golden", help="Golden directory (default: found in golden/ by metadata)."),
+    ] = None,
+    backend: Annotated[
+        BackendChoice,
+        typer.Option("--backend", help="auto: Core ML on macOS, else the reference interpreter."),
+    ] = BackendChoice.auto,
+    compute_units: Annotated[
+        UnitsChoice, typer.Option("--compute-units", help="Core ML compute units (macOS).")
+    ] = UnitsChoice.all,
+    json_path: Annotated[
+        Optional[Path],  # noqa: UP045
+        typer.Option("--json", help="Also write the full report as JSON here."),
+    ] = None,
+    max_abs: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option("--max-abs", help="Override the max abs logit error tolerance."),
+    ] = None,
+    min_cosine: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option("--min-cosine", help="Override the minimum cosine similarity."),
+    ] = None,
+    min_psnr: Annotated[
+        Optional[float],  # noqa: UP045
+        typer.Option("--min-psnr", help="Override the minimum PSNR in dB."),
+    ] = None,
+) -> None:
+    """Compare a .mlpackage with golden PyTorch logits. Exit 0 pass, 1 fail, 2 bad input."""
+    from .validate import resolve_golden, write_report_json
+    from .validate import validate as run_validate
+
+    golden_set, golden_label = resolve_golden(model, golden_dir)
+    report = run_validate(
+        model, golden_set, backend=backend.value, compute_units=compute_units.value,
+        overrides={"max_abs": max_abs, "min_cosine": min_cosine, "min_psnr": min_psnr},
+        golden_label=golden_label,
+    )
+    table = Table(title=f"{model} vs {golden_label}")
+    for col in ("image", "status", "top-1 golden", "top-1 model", "top-5", "margin",
+                "max abs", "cosine", "PSNR dB"):
+        table.add_column(col)
+    for r in report.images:
+        style = {"FAIL": "bold red", "ambiguous": "yellow"}.get(r.status, "")
+        table.add_row(
+            r.name, r.status, r.top1_golden, r.top1_model, f"{r.top5_overlap}/5",
+            f"{r.margin:.3g}", f"{r.max_abs:.3g}", f"{r.cosine:.7f}", f"{r.psnr:.1f}",
+            style=style,
+        )
+    out.print(table)
+    for r in report.images:
+        if r.reasons:
+            out.print(f"{r.name}: {'; '.join(r.reasons)}", markup=False)
+    for e in report.contract_errors:
+        out.print(f"contract: {e}", markup=False)
+    t = report.tolerances
+    out.print(f"tolerances ({report.kind}, {report.compared_on}): max abs {t.max_abs:g}, "
+              f"cosine >= {t.min_cosine}, PSNR >= {t.min_psnr} dB", markup=False)
+    out.print(report.verdict_line(), markup=False)
+    if json_path is not None:
+        write_report_json(report, json_path)
+    if not report.passed:
+        raise typer.Exit(1)
+
+
 def _fail(message: str) -> int:
     """Bad input: one line on stderr (never wrapped, never a traceback), exit code 2."""
     print(f"mnv1-coreml: error: {' '.join(message.split())}", file=sys.stderr)

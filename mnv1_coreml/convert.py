@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -231,6 +230,16 @@ def rename_probabilities(mlmodel: Any) -> Any:
     return ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
 
 
+def mark_validation(package: Path, verdict: str) -> None:
+    """Record the validation verdict in the package's metadata (the spec file only)."""
+    manifest = json.loads((package / "Manifest.json").read_text())
+    root = manifest["itemInfoEntries"][manifest["rootModelIdentifier"]]["path"]
+    spec_path = package / "Data" / root
+    spec = ct.utils.load_spec(str(package))
+    spec.description.metadata.userDefined[f"{META}validation"] = verdict
+    spec_path.write_bytes(spec.SerializeToString())
+
+
 def preflight(opts: ConvertOptions) -> str:
     """Checks that need no work: refuse bad output paths and targets before building anything."""
     check_output(opts.output, opts.force)
@@ -267,19 +276,16 @@ def convert(opts: ConvertOptions, on_step: StepCallback | None = None) -> Conver
     mlmodel = rename_probabilities(mlmodel)
     meta = build_metadata(opts, weights, model.cfg, target)
     _apply_descriptions(mlmodel, opts, weights, meta)
+    result = ConvertResult(opts.output, meta, weights, report, target=target)
     with atomic_path(opts.output, opts.force) as tmp:
         mlmodel.save(str(tmp))
-    result = ConvertResult(opts.output, meta, weights, report, target=target)
+        if opts.validate:
+            # validate before the rename, so the verdict is inside the package it describes;
+            # a failing package is still kept (marked), for the user to inspect.
+            step("validate")
+            from .validate import validate_at_birth
 
-    if opts.validate:
-        step("validate")
-        from .validate import validate_at_birth
-
-        result.validation = validate_at_birth(opts.output, model, weights)
+            result.validation = validate_at_birth(tmp, model, weights)
+            mark_validation(tmp, result.validation.verdict_line())
     return result
 
-
-def golden_logits(model: MobileNetV1, weights: LoadedWeights, images: np.ndarray) -> np.ndarray:
-    """PyTorch fp32 eval-mode logits for uint8 (N, R, R, 3) RGB images."""
-    with torch.no_grad():
-        return model(weights.settings.normalization.apply(images)).numpy().astype(np.float32)
