@@ -178,7 +178,11 @@ def _steps(names: Sequence[str], title: str) -> Iterator[callable]:
         progress.update(task, description=f"{title}: {name}")
 
     with progress:
-        yield on_step
+        try:
+            yield on_step
+        except BaseException:
+            progress.live.transient = True  # the error line alone says what went wrong
+            raise
         progress.update(task, completed=len(names), description=f"{title}: done")
 
 

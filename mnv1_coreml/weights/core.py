@@ -249,7 +249,7 @@ def load_weights(
     elif keyword == "timm":
         from .timm import load_timm
 
-        loaded = load_timm(alpha, overrides=overrides, sha256=pinned)
+        loaded = load_timm(alpha, overrides=overrides)
     else:
         loaded = load_weights_file(Path(spec).expanduser(), alpha, overrides=overrides, spec=spec)
     if pinned is not None and loaded.sha256 != pinned:

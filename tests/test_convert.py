@@ -1,0 +1,131 @@
+"""Integration: alpha 0.25 / res 128 packages, checked through their saved spec."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mnv1_coreml.cli import main
+from mnv1_coreml.convert import META, ConvertOptions, convert
+from mnv1_coreml.coreml import ct
+from mnv1_coreml.labels import imagenet_labels
+from mnv1_coreml.modelspec import read_contract
+
+REQUIRED_META = [
+    "alpha", "resolution", "weights", "weights_source", "weights_sha256", "precision",
+    "palettization", "quantization", "padding", "activation", "bn_eps", "normalization",
+    "mult_adds", "params", "paper_mult_adds_millions", "version", "validation",
+]
+
+
+def program_ops(path: Path) -> list[tuple[str, str, str]]:
+    """(op type, output name, output dtype) of every op in the saved ML Program."""
+    spec = ct.utils.load_spec(str(path))
+    fn = spec.mlProgram.functions["main"]
+    block = fn.block_specializations[fn.opset]
+    ops = []
+    for op in block.operations:
+        out = op.outputs[0]
+        dtype = out.type.tensorType.dataType if out.type.HasField("tensorType") else -1
+        ops.append((op.type, out.name, ct.proto.MIL_pb2.DataType.Name(dtype) if dtype >= 0 else ""))
+    return ops
+
+
+def weight_producers(path: Path) -> dict[str, str]:
+    """For each conv/linear op: the type of the op that produces its weight."""
+    spec = ct.utils.load_spec(str(path))
+    fn = spec.mlProgram.functions["main"]
+    block = fn.block_specializations[fn.opset]
+    producer = {o.name: op.type for op in block.operations for o in op.outputs}
+    result = {}
+    for op in block.operations:
+        if op.type in ("conv", "linear"):
+            arg = op.inputs["weight"].arguments[0]
+            result[op.outputs[0].name] = producer.get(arg.name, "inline")
+    return result
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_spec_contract(small_packages: dict[str, Path], precision: str) -> None:
+    path = small_packages[precision]
+    c = read_contract(path)
+    assert c.kind == "mlProgram"
+    assert (c.input_name, c.input_kind, c.width, c.height, c.color_space) == (
+        "image", "imageType", 128, 128, "RGB")
+    assert c.label_output == "classLabel" and c.probs_output == "classLabelProbs"
+    assert c.labels == list(imagenet_labels()) and len(set(c.labels)) == 1000
+    assert "crane (bird)" in c.labels and "maillot (swimsuit)" in c.labels
+    for key in REQUIRED_META:
+        assert f"{META}{key}" in c.metadata, key
+    assert c.metadata["com.apple.coreml.model.preview.type"] == "imageClassifier"
+    assert c.metadata[f"{META}precision"] == precision
+    assert c.metadata[f"{META}alpha"] == "0.25" and c.metadata[f"{META}resolution"] == "128"
+    assert c.metadata[f"{META}mult_adds"] == "13570048"
+    assert c.metadata[f"{META}validation"].startswith("validate PASS")
+    assert json.loads(c.metadata[f"{META}normalization"])["std"] == [0.229, 0.224, 0.225]
+
+    spec = ct.utils.load_spec(str(path))
+    assert "RGB image, 128x128" in spec.description.input[0].shortDescription
+    assert spec.description.metadata.author and spec.description.metadata.license
+    assert spec.description.metadata.shortDescription.startswith("MobileNet V1")
+    dtypes = {dt for t, _, dt in program_ops(path) if t == "conv"}
+    assert dtypes == ({"FLOAT16"} if precision == "fp16" else {"FLOAT32"})
+    kinds = [t for t, _, _ in program_ops(path)]
+    assert "softmax" in kinds and kinds[-1] == "classify"
+
+
+def test_palettized_every_weight(tmp_path: Path) -> None:
+    from mnv1_coreml.compress import CompressionSpec
+
+    out = tmp_path / "pal8.mlpackage"
+    result = convert(ConvertOptions(
+        alpha=0.25, res=128, output=out, compression=CompressionSpec(palettize_bits=8),
+    ))
+    assert result.target == "iOS16"
+    producers = weight_producers(out)
+    assert len(producers) == 28  # stem + 13 x (dw, pw) + FC
+    assert set(producers.values()) == {"constexpr_lut_to_dense"}, producers
+    assert result.compression_report.uncompressed == []
+    meta = read_contract(out).metadata
+    assert meta[f"{META}palettization"].startswith("8-bit per-tensor")
+    assert result.validation.passed, result.validation.verdict_line()
+
+
+def test_random_weights_have_real_spread(small_packages: dict[str, Path]) -> None:
+    from mnv1_coreml.golden import torch_logits
+    from mnv1_coreml.images import load_image_set
+    from mnv1_coreml.weights import build_model, load_weights
+
+    w = load_weights("random", 0.25, 128, seed=0)
+    names, images = load_image_set(128, with_probes=False)
+    logits = torch_logits(build_model(0.25, 128, w), w.settings.normalization, images)
+    class_std = logits.std(axis=1)
+    assert class_std.min() > 0.3  # fp16 noise on these logits is ~1e-3
+    assert len({int(i) for i in logits.argmax(1)}) >= 2  # photos are told apart
+    again = load_weights("random", 0.25, 128, seed=0)
+    assert again.sha256 == w.sha256
+    assert load_weights("random", 0.25, 128, seed=1).sha256 != w.sha256
+
+
+def test_cli_convert_force_replaces_atomically(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "MobileNetV1.mlpackage"
+    args = ["convert", "--alpha", "0.25", "--res", "128", "--precision", "fp32", "-o", str(out)]
+    assert main(args) == 0
+    text = capsys.readouterr().out
+    assert "validate PASS" in text and f"wrote {out}" in text
+    first = read_contract(out).metadata[f"{META}weights_sha256"]
+    assert main([*args, "--force", "--seed", "3", "--no-validate"]) == 0
+    assert read_contract(out).metadata[f"{META}weights_sha256"] != first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["MobileNetV1.mlpackage"]
+
+
+def test_probabilities_sum_to_one(small_packages: dict[str, Path]) -> None:
+    from mnv1_coreml.backends import ReferenceBackend
+    from mnv1_coreml.images import probe_images
+
+    out = ReferenceBackend(small_packages["fp32"]).run(np.stack([a for _, a in probe_images(128)]))
+    np.testing.assert_allclose(out.probabilities.sum(1), 1.0, atol=1e-5)
+    assert out.class_label == [out.labels[i] for i in out.probabilities.argmax(1)]
