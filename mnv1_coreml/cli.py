@@ -456,6 +456,61 @@ def validate(
         raise typer.Exit(1)
 
 
+@app.command()
+def zoo(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Directory for the 16 packages.")],
+    weights: WeightsOpt = "random",
+    seed: SeedOpt = 0,
+    precision: Annotated[
+        PrecisionChoice, typer.Option("--precision", help="Compute precision of the programs.")
+    ] = PrecisionChoice.fp16,
+    palettize: Annotated[
+        Optional[int],  # noqa: UP045
+        typer.Option("--palettize", help="k-means palettize every conv/FC weight: 8, 6 or 4 bits."),
+    ] = None,
+    quantize: Annotated[
+        Optional[QuantizeChoice],  # noqa: UP045
+        typer.Option("--quantize", help="Linear symmetric per-channel weight quantization."),
+    ] = None,
+    jobs: Annotated[int, typer.Option("--jobs", help="Worker processes.")] = 2,
+    no_validate: Annotated[
+        bool, typer.Option("--no-validate", help="Skip validation against PyTorch.")
+    ] = False,
+    force: Annotated[bool, typer.Option("--force", help="Replace existing packages.")] = False,
+) -> None:
+    """Convert all 16 alpha x res variants; write zoo.md and zoo.json with sizes and verdicts."""
+    from .convert import ConvertOptions
+    from .zoo import run_zoo, write_tables, zoo_markdown
+
+    if jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {jobs}")
+    if output.exists() and not output.is_dir():
+        raise UserError(f"{output} exists and is not a directory")
+    if not force and output.is_dir() and any(output.glob("MobileNetV1_*.mlpackage")):
+        raise UserError(f"{output} already holds zoo packages; pass --force to replace them")
+    base = ConvertOptions(
+        weights=weights, seed=seed, precision=precision.value,
+        compression=compression_spec(palettize, Granularity.per_tensor, 16, quantize),
+        force=force, validate=not no_validate, output=output / "x.mlpackage",
+    )
+    progress = Progress(SpinnerColumn(), TextColumn("[bold]zoo"), BarColumn(),
+                        TextColumn("{task.completed}/{task.total} {task.description}"),
+                        TimeElapsedColumn(), console=err)
+    with progress:
+        task = progress.add_task("", total=16)
+
+        def done(entry) -> None:
+            desc = f"{entry.alpha}-{entry.res} {entry.verdict}"
+            progress.update(task, advance=1, description=desc)
+
+        entries = run_zoo(base, output, jobs=jobs, on_done=done)
+    md, js = write_tables(entries, output)
+    out.print(zoo_markdown(entries), markup=False, highlight=False)
+    out.print(f"wrote {md} and {js}")
+    if any(e.verdict != "PASS" and e.verdict != "not validated" for e in entries):
+        raise typer.Exit(1)
+
+
 def _fail(message: str) -> int:
     """Bad input: one line on stderr (never wrapped, never a traceback), exit code 2."""
     print(f"mnv1-coreml: error: {' '.join(message.split())}", file=sys.stderr)
