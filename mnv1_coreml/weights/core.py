@@ -17,8 +17,16 @@ from pathlib import Path
 import torch
 
 from ..errors import WeightsError
-from ..images import IMAGENET, Normalization
-from ..model import Activation, MobileNetConfig, MobileNetV1, Padding, weight_keys
+from ..images import IMAGENET, INCEPTION, Normalization
+from ..model import (
+    BLOCKS,
+    STEM_CHANNELS,
+    Activation,
+    MobileNetConfig,
+    MobileNetV1,
+    Padding,
+    weight_keys,
+)
 from .download import DEFAULT_TIMEOUT, ProgressCallback
 
 #: Keys accepted in ``overrides`` (``normalization_parts`` is ``(mean | None, std | None)``: the
@@ -53,13 +61,11 @@ class ArchSettings:
 
 #: Keras Applications and TF-slim: TF SAME padding, BN eps 1e-3, ReLU6, x/127.5 - 1.
 KERAS_SETTINGS = ArchSettings(
-    padding="tf", activation="relu6", bn_eps=1e-3,
-    normalization=Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    padding="tf", activation="relu6", bn_eps=1e-3, normalization=INCEPTION
 )
 #: timm's mobilenetv1_100: symmetric padding, ReLU6, BN eps 1e-5, mean = std = 0.5.
 TIMM_SETTINGS = ArchSettings(
-    padding="torch", activation="relu6", bn_eps=1e-5,
-    normalization=Normalization((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+    padding="torch", activation="relu6", bn_eps=1e-5, normalization=INCEPTION
 )
 #: A state dict in our layout carries no settings unless this tool wrote it: our defaults.
 OUR_SETTINGS = ArchSettings()
@@ -168,13 +174,23 @@ def normalize_sha256(sha256: str | None) -> str | None:
 def check_state_dict(model: MobileNetV1, state_dict: dict[str, torch.Tensor], origin: str) -> None:
     """Raise one WeightsError naming every missing, unexpected and wrongly shaped key."""
     expected = weight_keys(model)
-    got = {k: tuple(v.shape) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")}
+    got = {
+        k: tuple(v.shape) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")
+    }
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     wrong = sorted(
         f"{k} {got[k]} (expected {expected[k]})" for k in set(got) & set(expected)
         if got[k] != expected[k]
     )
+    cfg = model.cfg
+    other = _other_width(expected, got)
+    if other is not None:
+        held, key = other
+        raise WeightsError(
+            f"{origin} holds MobileNet V1 alpha={held:g} weights, not alpha={cfg.alpha:g} "
+            f"(wrong shape {key} {got[key]}, expected {expected[key]}): pass --alpha {held:g}"
+        )
     problems = []
     if missing:
         problems.append(f"missing {', '.join(missing)}")
@@ -183,12 +199,33 @@ def check_state_dict(model: MobileNetV1, state_dict: dict[str, torch.Tensor], or
     if wrong:
         problems.append(f"wrong shape {', '.join(wrong)}")
     if problems:
-        cfg = model.cfg
         raise WeightsError(
             f"{origin} does not fit MobileNet V1 alpha={cfg.alpha} res={cfg.res}: "
             + "; ".join(problems)
             + ". Check --alpha, or pass weights saved from this tool's model layout."
         )
+
+
+def _other_width(
+    expected: Mapping[str, tuple[int, ...]], got: Mapping[str, tuple[int, ...]]
+) -> tuple[float, str] | None:
+    """(alpha the tensors hold, a key showing it) when they are of another width, else None.
+
+    A whole net of another alpha mismatches in nearly every tensor; one line naming the alpha
+    to pass helps more than eighty shapes.
+    """
+    last = f"blocks.{len(BLOCKS) - 1}.pw.conv.weight"
+    for key in ("stem.conv.weight", last):
+        shape, want = got.get(key), expected.get(key)
+        if shape is None or want is None or len(shape) != 4 or shape[0] == want[0]:
+            continue
+        ref = got.get(last)
+        if ref is not None and len(ref) == 4:
+            held = ref[0] / BLOCKS[-1][1]
+        else:
+            held = shape[0] / STEM_CHANNELS
+        return round(held, 4), key
+    return None
 
 
 def build_model(

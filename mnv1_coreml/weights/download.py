@@ -11,12 +11,14 @@ Stdlib ``urllib`` only; the library prints nothing unless given a ``progress`` c
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import http.client
 import logging
 import os
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -167,7 +169,7 @@ def download(
             if progress is not None:
                 progress(0, total)
             while True:
-                chunk = resp.read(CHUNK_SIZE)
+                chunk = resp.read1(CHUNK_SIZE)  # what has arrived: progress and stall counts
                 if not chunk:
                     break
                 f.write(chunk)
@@ -178,15 +180,26 @@ def download(
     except urllib.error.HTTPError as exc:
         raise WeightsError(
             f"cannot download {url}: HTTP {exc.code} {exc.reason}; check the URL "
-            f"(${BASE_URL_ENV} overrides the base); {_offline_hint(dest)}"
+            f"(${BASE_URL_ENV} overrides the base), or fetch the file elsewhere and pass "
+            f"--weights PATH to it (it would be cached at {dest})"
         ) from None
     except urllib.error.URLError as exc:
         reason = exc.reason if isinstance(exc.reason, str) else _one_line(exc.reason)
+        if "url type" in reason:
+            raise WeightsError(
+                f"cannot download {url}: not a usable URL ({reason}); check ${BASE_URL_ENV} or "
+                "the base_url given"
+            ) from None
         raise WeightsError(f"cannot download {url} ({reason}); {_offline_hint(dest)}") from None
     except TimeoutError:
         raise WeightsError(
             f"download of {url} stalled (no data for {timeout:g} s) after {done} bytes; "
             "nothing was cached. Try again, or fetch the file elsewhere and pass --weights PATH"
+        ) from None
+    except ValueError as exc:  # urllib's "unknown url type" and friends
+        raise WeightsError(
+            f"cannot download {url}: not a usable URL ({_one_line(exc)}); check "
+            f"${BASE_URL_ENV} or the base_url given"
         ) from None
     except (http.client.HTTPException, ConnectionError) as exc:
         raise WeightsError(
@@ -227,6 +240,7 @@ def fetch_cached(
             log.info("cached %s has SHA-256 %s, not the pinned %s; fetching", dest, actual, sha256)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        _remove_orphans(dest, max(10 * timeout, 600.0))
         fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
         os.close(fd)
     except OSError as exc:
@@ -244,7 +258,7 @@ def fetch_cached(
                 f"${CACHE_ENV} to a writable directory with space"
             ) from None
         try:
-            value = verify(tmp, url)
+            value = verify(tmp, "the download")
         except WeightsError as exc:
             raise WeightsError(
                 f"{url} did not serve the expected file{_looks_like(tmp)}: {exc}; nothing was "
@@ -261,6 +275,19 @@ def fetch_cached(
         return Fetched(dest, actual, value, downloaded=True)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _remove_orphans(dest: Path, older_than: float) -> None:
+    """Delete temporary files that a killed process (SIGKILL, power loss) left for ``dest``.
+
+    A live download writes at least once per timeout, so a file untouched for ``older_than``
+    seconds belongs to nobody.
+    """
+    now = time.time()
+    for orphan in dest.parent.glob(f".{glob.escape(dest.name)}.*.part"):
+        with contextlib.suppress(OSError):
+            if now - orphan.stat().st_mtime > older_than:
+                orphan.unlink()
 
 
 def _looks_like(path: Path) -> str:

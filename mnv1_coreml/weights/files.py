@@ -12,6 +12,7 @@ metadata, or a ``mnv1_coreml_settings`` entry in a .pt file), so they round-trip
 from __future__ import annotations
 
 import pickle
+import re
 import struct
 import zipfile
 from collections.abc import Mapping
@@ -63,7 +64,7 @@ def sniff_format(path: Path) -> str | None:
 
 def _reason(exc: BaseException) -> str:
     lines = str(exc).strip().splitlines()
-    return (lines[0] if lines else type(exc).__name__)[:200]
+    return " ".join((lines[0] if lines else type(exc).__name__).split())[:200]
 
 
 def read_state_dict_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -74,8 +75,11 @@ def read_state_dict_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str,
     from safetensors import SafetensorError, safe_open
 
     kind = sniff_format(path)
-    if kind is None:
-        kind = "safetensors" if path.suffix.lower() == ".safetensors" else "torch"
+    if kind not in ("safetensors", "torch"):
+        raise WeightsError(
+            f"{path} is neither a safetensors nor a PyTorch file (truncated or corrupt?); pass "
+            f"{_FORMATS_HINT}"
+        )
     meta: dict[str, str] = {}
     try:
         if kind == "safetensors":
@@ -88,15 +92,20 @@ def read_state_dict_file(path: Path) -> tuple[dict[str, torch.Tensor], dict[str,
                 }
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError,
-            zipfile.BadZipFile, SafetensorError) as exc:
-        hint = (
-            " (a pickled model? save model.state_dict() instead)"
-            if isinstance(exc, pickle.UnpicklingError) else ""
-        )
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
+        if found:
+            raise WeightsError(
+                f"{path} holds pickled Python objects ({found.group(1)}), which are never loaded "
+                "since that could run code; save model.state_dict() instead"
+            ) from None
         raise WeightsError(
-            f"{path} is not a readable {kind} weights file, truncated or corrupt? "
-            f"({_reason(exc)}){hint}"
+            f"{path} is not a readable PyTorch weights file, truncated or corrupt? ({_reason(exc)})"
+        ) from None
+    except (OSError, RuntimeError, ValueError, EOFError, zipfile.BadZipFile,
+            SafetensorError) as exc:
+        raise WeightsError(
+            f"{path} is not a readable {kind} weights file, truncated or corrupt? ({_reason(exc)})"
         ) from None
     if isinstance(state, dict) and isinstance(state.get(SETTINGS_KEY), dict):
         meta = {str(k): str(v) for k, v in state[SETTINGS_KEY].items()}

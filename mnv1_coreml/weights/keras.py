@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import h5py
 import numpy as np
 import torch
 
@@ -109,11 +110,8 @@ def _names(attr: object) -> list[str]:
     return [_text(v) for v in array.reshape(-1)]
 
 
-def _weights_root(f: object, label: str) -> object:
+def _weights_root(f: h5py.File, label: str) -> h5py.Group:
     """The group holding the per-layer groups: the file, or ``model_weights`` of a full save."""
-    import h5py
-
-    assert isinstance(f, h5py.File)
     if "layer_names" in f.attrs:
         return f
     if isinstance(f.get("model_weights"), h5py.Group) and "layer_names" in f["model_weights"].attrs:
@@ -130,12 +128,9 @@ def _weights_root(f: object, label: str) -> object:
     )
 
 
-def _collect(root: object, label: str) -> tuple[dict[tuple[str, str], object], list[str]]:
+def _collect(root: h5py.Group) -> tuple[dict[tuple[str, str], h5py.Dataset], list[str]]:
     """Datasets by (layer, weight base name), and problems with the file's own index."""
-    import h5py
-
-    assert isinstance(root, h5py.Group)
-    found: dict[tuple[str, str], object] = {}
+    found: dict[tuple[str, str], h5py.Dataset] = {}
     broken: list[str] = []
     layers = _names(root.attrs.get("layer_names"))
     for layer in layers:
@@ -145,10 +140,7 @@ def _collect(root: object, label: str) -> tuple[dict[tuple[str, str], object], l
         if "weight_names" in group.attrs:
             names = _names(group.attrs["weight_names"])
         else:  # not written by Keras' saver, but the datasets may still be there
-            names = []
-            group.visititems(
-                lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None
-            )
+            names = _dataset_names(group)
         for full in names:
             base = full.rsplit("/", 1)[-1].split(":", 1)[0]
             ds = group.get(full)
@@ -161,14 +153,20 @@ def _collect(root: object, label: str) -> tuple[dict[tuple[str, str], object], l
     return found, broken
 
 
-def _infer_alpha(found: Mapping[tuple[str, str], object]) -> tuple[float, str] | None:
+def _dataset_names(group: h5py.Group) -> list[str]:
+    names: list[str] = []
+    group.visititems(lambda n, o: names.append(n) if isinstance(o, h5py.Dataset) else None)
+    return names
+
+
+def _infer_alpha(found: Mapping[tuple[str, str], h5py.Dataset]) -> tuple[float, str] | None:
     """The file's alpha from its channel counts (conv_pw_13 is the most precise), and why."""
     pw13, conv1 = found.get(("conv_pw_13", "kernel")), found.get(("conv1", "kernel"))
-    if pw13 is not None and len(pw13.shape) == 4:  # type: ignore[attr-defined]
-        c = int(pw13.shape[3])  # type: ignore[attr-defined]
+    if pw13 is not None and len(pw13.shape) == 4:
+        c = int(pw13.shape[3])
         return round(c / BLOCKS[-1][1], 4), f"conv_pw_13 has {c} filters"
-    if conv1 is not None and len(conv1.shape) == 4:  # type: ignore[attr-defined]
-        c = int(conv1.shape[3])  # type: ignore[attr-defined]
+    if conv1 is not None and len(conv1.shape) == 4:
+        c = int(conv1.shape[3])
         return round(c / STEM_CHANNELS, 4), f"conv1 has {c} filters"
     return None
 
@@ -180,8 +178,6 @@ def read_keras_h5(path: Path, alpha: float, *, label: str | None = None) -> dict
     a file of another alpha gets a message saying which alpha it holds. ``label`` names the file
     in messages (a URL for downloads).
     """
-    import h5py
-
     label = label or str(path)
     try:
         f = h5py.File(path, "r")
@@ -193,7 +189,7 @@ def read_keras_h5(path: Path, alpha: float, *, label: str | None = None) -> dict
     try:
         with f:
             root = _weights_root(f, label)
-            found, broken = _collect(root, label)
+            found, broken = _collect(root)
             layout = keras_layout(alpha)
             _check_alpha(found, layout, alpha, label)
             missing, wrong = [], []
@@ -201,14 +197,16 @@ def read_keras_h5(path: Path, alpha: float, *, label: str | None = None) -> dict
                 ds = found.get((t.layer, t.weight))
                 if ds is None:
                     missing.append(t.name)
-                elif not _shape_fits(tuple(ds.shape), t.shape):  # type: ignore[attr-defined]
+                elif not _shape_fits(tuple(ds.shape), t.shape):
                     expected = tuple("K" if d == ANY else d for d in t.shape)
-                    wrong.append(f"{t.name} {tuple(ds.shape)} (expected {expected})")  # type: ignore[attr-defined]  # noqa: E501
+                    wrong.append(f"{t.name} {tuple(ds.shape)} (expected {expected})")
             wanted = {(t.layer, t.weight) for t in layout}
             unexpected = sorted(f"{la}/{w}:0" for la, w in found if (la, w) not in wanted)
             problems = []
             if missing:
                 problems.append(f"missing {', '.join(missing)}")
+                if all(m.startswith("conv_preds/") for m in missing):
+                    problems[-1] += " (an include_top=False '_no_top' file has no classifier)"
             if unexpected:
                 problems.append(f"unexpected {', '.join(unexpected)}")
             if wrong:
@@ -222,7 +220,7 @@ def read_keras_h5(path: Path, alpha: float, *, label: str | None = None) -> dict
                 )
             state: dict[str, torch.Tensor] = {}
             for t in layout:
-                array = np.asarray(found[(t.layer, t.weight)][()])  # type: ignore[index]
+                array = np.asarray(found[(t.layer, t.weight)][()])
                 if array.dtype.kind != "f":
                     raise WeightsError(f"{label}: {t.name} holds {array.dtype}, not floats")
                 if not np.isfinite(array).all():
@@ -244,21 +242,25 @@ def read_keras_h5(path: Path, alpha: float, *, label: str | None = None) -> dict
 
 
 def _check_alpha(
-    found: Mapping[tuple[str, str], object], layout: list[KerasTensor], alpha: float, label: str
+    found: Mapping[tuple[str, str], h5py.Dataset],
+    layout: list[KerasTensor],
+    alpha: float,
+    label: str,
 ) -> None:
     """A file of another width fails with the alpha it holds, not with 80 wrong shapes."""
     expected = {(t.layer, t.weight): t.shape for t in layout}
     for key in (("conv1", "kernel"), ("conv_pw_13", "kernel")):
         ds = found.get(key)
-        if ds is None or len(ds.shape) != 4:  # type: ignore[attr-defined]
+        if ds is None or len(ds.shape) != 4:
             continue
-        if ds.shape[3] != expected[key][3]:  # type: ignore[attr-defined]
+        if ds.shape[3] != expected[key][3]:
             inferred = _infer_alpha(found)
             assert inferred is not None
             file_alpha, why = inferred
             raise WeightsError(
                 f"{label} holds MobileNet V1 alpha={file_alpha:g} weights ({why}), not "
-                f"alpha={alpha:g}: pass --alpha {file_alpha:g}"
+                f"alpha={alpha:g} (wrong shape {key[0]}/{key[1]}:0 {tuple(ds.shape)}, expected "
+                f"{expected[key]}): pass --alpha {file_alpha:g}"
             )
 
 

@@ -58,4 +58,6 @@ def random_weights(alpha: float, res: int, seed: int, settings: ArchSettings) ->
     model.eval()
     state = {k: v.clone() for k, v in model.state_dict().items()
              if not k.endswith("num_batches_tracked")}
-    return LoadedWeights(state, "random", f"random:{seed}", state_dict_sha256(state), settings)
+    return LoadedWeights(
+        state, "random", f"random:{seed}", state_dict_sha256(state), settings, format="random"
+    )
