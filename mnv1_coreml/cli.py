@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
@@ -16,7 +16,14 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    Progress,
+    SpinnerColumn,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from . import __version__
@@ -29,7 +36,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
 )
-out = Console()
+out = Console(soft_wrap=True)
 err = Console(stderr=True)
 
 
@@ -123,15 +130,8 @@ def _overrides(
             raise UserError(f"--bn-eps must be > 0, got {bn_eps}")
         overrides["bn_eps"] = bn_eps
     m, s = _parse_triplet(mean, "--mean"), _parse_triplet(std, "--std")
-    if (m is None) != (s is None):
-        raise UserError("--mean and --std go together; pass both (R,G,B in 0..1 units)")
-    if m is not None and s is not None:
-        from .images import Normalization
-
-        try:
-            overrides["normalization"] = Normalization(m, s)
-        except ValueError as exc:
-            raise UserError(f"--mean/--std: {exc}") from None
+    if m is not None or s is not None:
+        overrides["normalization_parts"] = (m, s)  # a missing part keeps the weights' own
     return overrides
 
 
@@ -157,8 +157,11 @@ StdOpt = Annotated[
 
 
 @contextmanager
-def _steps(names: Sequence[str], title: str) -> Iterator[callable]:
-    """A progress bar over named steps; the library reports each step as it starts."""
+def _steps(names: Sequence[str], title: str) -> Iterator[tuple[Callable, Callable]]:
+    """A progress bar over named steps, plus a byte bar for a weights download if one happens.
+
+    The library reports each step as it starts, and download progress as (done, total).
+    """
     progress = Progress(
         SpinnerColumn(),
         TextColumn("[bold]{task.description}"),
@@ -170,6 +173,7 @@ def _steps(names: Sequence[str], title: str) -> Iterator[callable]:
     )
     task = progress.add_task(title, total=len(names))
     seen: list[str] = []
+    download: list[TaskID] = []
 
     def on_step(name: str) -> None:
         if seen:
@@ -177,9 +181,14 @@ def _steps(names: Sequence[str], title: str) -> Iterator[callable]:
         seen.append(name)
         progress.update(task, description=f"{title}: {name}")
 
+    def on_download(done: int, total: int | None) -> None:
+        if not download:
+            download.append(progress.add_task("download weights (bytes)", total=total))
+        progress.update(download[0], completed=done, total=total)
+
     with progress:
         try:
-            yield on_step
+            yield on_step, on_download
         except BaseException:
             progress.live.transient = True  # the error line alone says what went wrong
             raise
@@ -261,7 +270,7 @@ def compression_spec(
 def convert(
     alpha: AlphaOpt = 1.0,
     res: ResOpt = 224,
-    weights: WeightsOpt = "random",
+    weights: WeightsOpt = "imagenet",
     seed: SeedOpt = 0,
     precision: Annotated[
         PrecisionChoice, typer.Option("--precision", help="Compute precision of the program.")
@@ -318,8 +327,8 @@ def convert(
     steps = ["build", "trace", "convert", "compress", "save"]
     if not no_validate:
         steps.append("validate")
-    with _steps(steps, "convert") as on_step:
-        result = run_convert(opts, on_step=on_step)
+    with _steps(steps, "convert") as (on_step, on_download):
+        result = run_convert(opts, on_step=on_step, on_download=on_download)
     size = sum(p.stat().st_size for p in result.path.rglob("*") if p.is_file())
     out.print(
         f"wrote {result.path} ({size / 1e6:.2f} MB, {opts.precision}, target {result.target})"
@@ -351,7 +360,7 @@ def golden(
     output: Annotated[Path, typer.Option("-o", "--output", help="Golden directory to write.")],
     alpha: AlphaOpt = 1.0,
     res: ResOpt = 224,
-    weights: WeightsOpt = "random",
+    weights: WeightsOpt = "imagenet",
     seed: SeedOpt = 0,
     images: Annotated[
         Optional[Path],  # noqa: UP045
@@ -379,11 +388,14 @@ def golden(
     except ValueError as exc:
         raise UserError(str(exc)) from None
     check_output(output, force)
-    g = golden_for(
-        alpha, res, weights, seed=seed, image_dir=images, weights_sha256=sha256,
-        overrides=_overrides(padding, activation, bn_eps, mean, std),
-    )
-    write_golden(g, output, force=force)
+    with _steps(["weights and logits", "write"], "golden") as (on_step, on_download):
+        on_step("weights and logits")
+        g = golden_for(
+            alpha, res, weights, seed=seed, image_dir=images, weights_sha256=sha256,
+            overrides=_overrides(padding, activation, bn_eps, mean, std), progress=on_download,
+        )
+        on_step("write")
+        write_golden(g, output, force=force)
     out.print(f"wrote {output}: {len(g.names)} images, logits {g.logits.shape[0]}x"
               f"{g.logits.shape[1]}, weights {g.manifest['weights']}")
 
@@ -459,7 +471,7 @@ def validate(
 @app.command()
 def zoo(
     output: Annotated[Path, typer.Option("-o", "--output", help="Directory for the 16 packages.")],
-    weights: WeightsOpt = "random",
+    weights: WeightsOpt = "imagenet",
     seed: SeedOpt = 0,
     precision: Annotated[
         PrecisionChoice, typer.Option("--precision", help="Compute precision of the programs.")

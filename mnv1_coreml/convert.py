@@ -32,7 +32,7 @@ INPUT_NAME = "image"
 LABEL_OUTPUT = "classLabel"
 PROBS_OUTPUT = "classLabelProbs"
 DEFAULT_OUTPUT = Path("MobileNetV1.mlpackage")
-DEFAULT_WEIGHTS = "random"
+DEFAULT_WEIGHTS = "imagenet"
 #: Prefix of our user-defined metadata keys; ``validate`` reads them back.
 META = "mnv1."
 PREVIEW_TYPE_KEY = "com.apple.coreml.model.preview.type"
@@ -246,7 +246,11 @@ def preflight(opts: ConvertOptions) -> str:
     return choose_target(opts.target, opts.compression)
 
 
-def convert(opts: ConvertOptions, on_step: StepCallback | None = None) -> ConvertResult:
+def convert(
+    opts: ConvertOptions,
+    on_step: StepCallback | None = None,
+    on_download: Callable[[int, int | None], None] | None = None,
+) -> ConvertResult:
     """Build, trace, convert, compress, save atomically, and (by default) validate."""
     step = on_step or (lambda _name: None)
     target = preflight(opts)
@@ -254,7 +258,7 @@ def convert(opts: ConvertOptions, on_step: StepCallback | None = None) -> Conver
     step("build")
     weights = load_weights(
         opts.weights, opts.alpha, opts.res, seed=opts.seed, overrides=opts.overrides,
-        **({"sha256": opts.weights_sha256} if opts.weights_sha256 else {}),
+        sha256=opts.weights_sha256, progress=on_download,
     )
     model = build_model(opts.alpha, opts.res, weights)
     norm = weights.settings.normalization

@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -121,10 +122,13 @@ def golden_for(
     image_dir: Path | None = None,
     overrides: dict[str, object] | None = None,
     weights_sha256: str | None = None,
+    progress: Callable[[int, int | None], None] | None = None,
 ) -> GoldenSet:
     """Load the weights, prepare the images and compute their PyTorch logits."""
-    extra = {"sha256": weights_sha256} if weights_sha256 else {}
-    weights = load_weights(weights_spec, alpha, res, seed=seed, overrides=overrides, **extra)
+    weights = load_weights(
+        weights_spec, alpha, res, seed=seed, overrides=overrides, sha256=weights_sha256,
+        progress=progress,
+    )
     model = build_model(alpha, res, weights)
     if image_dir is not None and not image_dir.is_dir():
         raise UserError(f"--images {image_dir} is not a directory")

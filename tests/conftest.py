@@ -27,7 +27,10 @@ def small_packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     made = {}
     for precision in ("fp16", "fp32"):
         out = root / f"MobileNetV1_{precision}.mlpackage"
-        result = convert(ConvertOptions(alpha=0.25, res=128, precision=precision, output=out))
+        opts = ConvertOptions(
+            alpha=0.25, res=128, weights="random", precision=precision, output=out
+        )
+        result = convert(opts)
         assert result.validation is not None and result.validation.passed, (
             result.validation.verdict_line() if result.validation else "not validated"
         )

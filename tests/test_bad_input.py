@@ -35,7 +35,8 @@ def assert_nothing_written(directory: Path) -> None:
 
 
 def convert_args(out: Path, *extra: str) -> list[str]:
-    return ["convert", "--alpha", "0.25", "--res", "128", "--no-validate", "-o", str(out), *extra]
+    return ["convert", "--alpha", "0.25", "--res", "128", "--weights", "random", "--no-validate",
+            "-o", str(out), *extra]
 
 
 @pytest.fixture

@@ -82,7 +82,8 @@ def test_palettized_every_weight(tmp_path: Path) -> None:
 
     out = tmp_path / "pal8.mlpackage"
     result = convert(ConvertOptions(
-        alpha=0.25, res=128, output=out, compression=CompressionSpec(palettize_bits=8),
+        alpha=0.25, res=128, weights="random", output=out,
+        compression=CompressionSpec(palettize_bits=8),
     ))
     assert result.target == "iOS16"
     producers = weight_producers(out)
@@ -112,7 +113,8 @@ def test_random_weights_have_real_spread(small_packages: dict[str, Path]) -> Non
 
 def test_cli_convert_force_replaces_atomically(tmp_path: Path, capsys) -> None:
     out = tmp_path / "MobileNetV1.mlpackage"
-    args = ["convert", "--alpha", "0.25", "--res", "128", "--precision", "fp32", "-o", str(out)]
+    args = ["convert", "--alpha", "0.25", "--res", "128", "--weights", "random", "--precision",
+            "fp32", "-o", str(out)]
     assert main(args) == 0
     text = capsys.readouterr().out
     assert "validate PASS" in text and f"wrote {out}" in text
