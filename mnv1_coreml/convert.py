@@ -25,7 +25,7 @@ from .images import Normalization
 from .labels import imagenet_labels
 from .model import MobileNetConfig, MobileNetV1, check_alpha, check_res
 from .summary import paper_macs_millions, summarize
-from .weights import LoadedWeights, build_model, load_weights
+from .weights import LoadedWeights, build_model, load_weights, published_accuracy
 
 Precision = Literal["fp16", "fp32"]
 INPUT_NAME = "image"
@@ -152,6 +152,9 @@ def build_metadata(
         f"{META}mult_adds": str(summary.macs),
         f"{META}params": str(summary.params),
         f"{META}paper_mult_adds_millions": str(paper_macs_millions(opts.alpha, opts.res)),
+        f"{META}published_imagenet_accuracy": json.dumps(
+            published_accuracy(opts.alpha, opts.res) or {}
+        ),
         f"{META}target": target,
         f"{META}version": __version__,
     }

@@ -122,16 +122,29 @@ PAPER_RESOLUTIONS = (224, 192, 160, 128)
 
 
 def variants_markdown() -> str:
-    """The 16 alpha x resolution variants as a markdown table (the README embeds this output)."""
+    """The 16 alpha x resolution variants as a markdown table (the README embeds this output).
+
+    Top-1 is the published ImageNet accuracy: the Keras file's own where Keras lists it (224),
+    else the 2017 TF-slim checkpoint the Keras files were converted from.
+    """
+    from .weights import published_accuracy
+
     lines = [
-        "| alpha | res | params | mult-adds (exact) | mult-adds (paper, M) |",
-        "|---:|---:|---:|---:|---:|",
+        "| alpha | res | params | mult-adds (exact) | mult-adds (paper, M) | paper top-1 "
+        "| slim 2017 top-1 | Keras top-1 |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def pct(value: float | None) -> str:
+        return "-" if value is None else f"{value:g}"
+
     for alpha in PAPER_ALPHAS:
         for res in PAPER_RESOLUTIONS:
             s = summarize(MobileNetConfig(alpha=alpha, res=res))
+            acc = published_accuracy(alpha, res) or {}
             lines.append(
                 f"| {alpha} | {res} | {s.params:,} | {s.macs:,} | "
-                f"{paper_macs_millions(alpha, res)} |"
+                f"{paper_macs_millions(alpha, res)} | {pct(acc.get('paper_top1'))} | "
+                f"{pct(acc.get('slim2017_top1'))} | {pct(acc.get('keras_top1'))} |"
             )
     return "\n".join(lines)
