@@ -3,7 +3,7 @@
 Using coremltools' deserializer (``milproto.load``) instead of parsing the protobuf ourselves
 means the interpreter sees exactly the ops, types and weights coremltools wrote, including the
 blob-stored weights, on any OS. This module also reads what the model *description* says
-(image input, colour space, classifier labels), which the program alone does not carry.
+(image inputs and their colour space, output names), which the program alone does not carry.
 """
 
 from __future__ import annotations
@@ -17,17 +17,23 @@ from typing import Any
 
 from .errors import InterpreterError
 
-# coremltools logs "Failed to load _MLModelProxy" and version warnings at import time and draws
-# tqdm bars; none of it is for our users. Silence before the first import.
-os.environ.setdefault("TQDM_DISABLE", "1")
+# coremltools logs "Failed to load _MLModelProxy" and scikit-learn / torch version warnings at
+# import time; none of it is for our users. Silence it before the first import.
 for _name in ("coremltools", "coremltools.models", "coremltools.converters"):
     logging.getLogger(_name).setLevel(logging.ERROR)
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     import coremltools as ct
     from coremltools.converters.mil.frontend.milproto.load import load as _milproto_load
-    from coremltools.converters.mil.mil import Function, Program
+    from coremltools.converters.mil.mil import Function, Operation, Program, Var, types
+    from coremltools.converters.mil.mil.types.symbolic import is_symbolic
 warnings.filterwarnings("ignore", module=r"coremltools(\..*)?")
+
+# The rest of the package takes coremltools from here, so it is always imported quietly.
+__all__ = [
+    "Function", "ImageInput", "LoadedPackage", "Operation", "Program", "Var", "ct",
+    "from_program", "is_symbolic", "load_package", "types",
+]
 
 WEIGHTS_SUBDIR = Path("Data") / "com.apple.CoreML" / "weights"
 MAIN_FUNCTION = "main"

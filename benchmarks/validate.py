@@ -1,0 +1,211 @@
+"""Reference interpreter vs PyTorch eager: speed, peak memory and fp32 logit agreement.
+
+Converts MobileNet V1 (default 1.0-224, seeded random weights with realistic BatchNorm
+statistics) to fp32 and fp16 ML Programs in a temporary directory, then times, on the same
+uint8 images and batch in this one process:
+
+* PyTorch eager fp32: normalisation, network, softmax;
+* the interpreter on the fp32 and the fp16 package: ``predict`` (colour handling, the
+  program's own preprocessing ops, network, softmax, classify).
+
+Peak RSS of the interpreter is measured in a child process that does nothing but load the
+fp32 package and predict the same batch (this process also holds PyTorch and the converter).
+Prints numbers only; targets (interpreter >= 0.5x PyTorch's speed, < 1 GB RSS) are for reading.
+
+    python benchmarks/validate.py [--alpha 1.0] [--res 224] [--batch 8] [--repeats 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import math
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mnv1_coreml.mil import ReferenceModel  # noqa: E402  (quiet coremltools import first)
+from mnv1_coreml.mil.loader import ct  # noqa: E402
+from mnv1_coreml.model import MobileNetConfig, MobileNetV1  # noqa: E402
+
+SCALE, BIAS = 1 / 127.5, (-1.0, -1.0, -1.0)  # Inception-style x/127.5 - 1, as in the ImageType
+
+
+def seeded_model(alpha: float, res: int, seed: int) -> MobileNetV1:
+    """He-normal convs, BN affine spread around (1, 0) and BN running stats calibrated by one
+    train-mode pass, so activations keep a realistic scale through all 27 layers."""
+    g = torch.Generator().manual_seed(seed)
+    model = MobileNetV1(MobileNetConfig(alpha=alpha, res=res))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                fan_out = m.out_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+                m.weight.normal_(0.0, math.sqrt(2.0 / fan_out), generator=g)
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.7, 1.3, generator=g)
+                m.bias.normal_(0.0, 0.25, generator=g)
+                m.momentum = None
+            elif isinstance(m, torch.nn.Linear):
+                m.weight.normal_(0.0, math.sqrt(2.0 / m.in_features), generator=g)
+                m.bias.normal_(0.0, 0.1, generator=g)
+        model.train()
+        model(normalise(images(4, res, seed + 1)))
+    return model.eval()
+
+
+def images(n: int, res: int, seed: int) -> np.ndarray:
+    """(n, res, res, 3) uint8: smooth random pictures (upsampled noise plus fine texture)."""
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.nn.functional.interpolate(
+        torch.rand(n, 3, 7, 7, generator=g) * 255, size=(res, res), mode="bicubic"
+    )
+    fine = torch.rand(n, 3, res, res, generator=g) * 48 - 24
+    return (coarse + fine).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def normalise(imgs: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float()
+    return x * SCALE + torch.tensor(BIAS).view(1, 3, 1, 1)
+
+
+class Head(torch.nn.Module):
+    def __init__(self, model: MobileNetV1) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.model(x), dim=1)
+
+
+def convert(model: MobileNetV1, res: int, precision: str, out: Path) -> Path:
+    traced = torch.jit.trace(Head(model).eval(), torch.zeros(1, 3, res, res))
+    mlmodel = ct.convert(
+        traced,
+        inputs=[
+            ct.ImageType(
+                name="image", shape=(1, 3, res, res), scale=SCALE, bias=list(BIAS),
+                color_layout=ct.colorlayout.RGB,
+            )
+        ],
+        classifier_config=ct.ClassifierConfig([f"class_{i}" for i in range(1000)]),
+        convert_to="mlprogram",
+        compute_precision=(
+            ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
+        ),
+        skip_model_load=True,
+    )
+    path = out / f"mnv1_{precision}.mlpackage"
+    mlmodel.save(str(path))
+    return path
+
+
+def timed(fns: dict[str, Callable[[], object]], repeats: int) -> dict[str, list[float]]:
+    """Seconds per call of each function, interleaved round-robin so that load from other
+    processes on the machine hits all of them alike. One untimed warm-up call each first
+    (oneDNN primitive creation, allocator growth)."""
+    for fn in fns.values():
+        fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return times
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (VmHWM). Not ``ru_maxrss``: Linux carries the parent's peak
+    over into a forked-and-exec'd child's ``ru_maxrss``, which would inflate the probe."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # non-Linux fallback
+
+
+def rss_probe(package: str, batch: int, res: int, seed: int) -> None:
+    """Child process: only the interpreter, to measure its own peak RSS."""
+    model = ReferenceModel.load(package)
+    model.predict(images(batch, res, seed))
+    print(f"{peak_rss_mb():.1f}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--alpha", type=float, default=1.0)
+    ap.add_argument("--res", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--rss-probe", metavar="PACKAGE", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.rss_probe:
+        rss_probe(args.rss_probe, args.batch, args.res, args.seed)
+        return
+
+    print(f"MobileNet V1 {args.alpha}-{args.res}, batch {args.batch}, {args.repeats} timed runs, "
+          f"{torch.get_num_threads()} torch threads")
+    model = seeded_model(args.alpha, args.res, args.seed)
+    imgs = images(args.batch, args.res, args.seed + 2)
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        with contextlib.redirect_stderr(io.StringIO()):  # coremltools' tqdm progress bars
+            paths = {p: convert(model, args.res, p, Path(tmp)) for p in ("fp32", "fp16")}
+        print(f"converted fp32 + fp16 packages in {time.perf_counter() - t0:.1f} s")
+        refs = {p: ReferenceModel.load(path) for p, path in paths.items()}
+
+        with torch.inference_mode():
+            torch_logits = model(normalise(imgs)).numpy()
+
+        def run_torch() -> None:
+            with torch.inference_mode():
+                torch.softmax(model(normalise(imgs)), dim=1)
+
+        times = timed(
+            {"PyTorch eager fp32": run_torch}
+            | {f"interpreter {p}": (lambda m=m: m.predict(imgs)) for p, m in refs.items()},
+            args.repeats,
+        )
+
+        logits = {
+            p: m.predict(imgs, outputs=[m.logits_name])[m.logits_name].astype(np.float32)
+            for p, m in refs.items()
+        }
+        probe = subprocess.run(
+            [sys.executable, __file__, "--rss-probe", str(paths["fp32"]), "--batch",
+             str(args.batch), "--res", str(args.res), "--seed", str(args.seed + 2)],
+            capture_output=True, text=True, check=True,
+        )
+        interp_rss = float(probe.stdout.strip().splitlines()[-1])
+
+    med_torch = statistics.median(times["PyTorch eager fp32"])
+    print(f"{'':24}{'median s/batch':>16}{'min s/batch':>13}{'img/s':>8}{'speed vs torch':>16}")
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        print(f"{name:24}{med:16.4f}{min(ts):13.4f}{args.batch / med:8.1f}"
+              f"{med_torch / med:15.2f}x")
+    for p, lg in logits.items():
+        err = np.abs(lg - torch_logits).max(axis=1)
+        top1 = (lg.argmax(1) == torch_logits.argmax(1)).mean()
+        print(f"{p} logits vs PyTorch: max abs error {err.max():.3g} "
+              f"(per image {', '.join(f'{e:.2g}' for e in err)}); top-1 agreement {top1:.0%}")
+    print(f"logit spread (PyTorch): std {torch_logits.std():.2f}, "
+          f"range {torch_logits.min():.1f}..{torch_logits.max():.1f}")
+    print(f"peak RSS: interpreter alone {interp_rss:.0f} MB; this process (torch, converter, "
+          f"both packages) {peak_rss_mb():.0f} MB")
+
+
+if __name__ == "__main__":
+    main()

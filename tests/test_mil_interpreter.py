@@ -1,0 +1,366 @@
+"""The interpreter on whole converted models: MobileNet V1 0.25-128 against PyTorch, batching,
+image handling (RGB/BGR/grayscale, preprocessing), intermediates and error reporting."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mnv1_coreml.mil import InterpreterError, ReferenceModel
+from mnv1_coreml.mil.loader import ct
+from mnv1_coreml.model import MobileNetConfig, MobileNetV1
+
+mb = ct.converters.mil.Builder  # coremltools comes through the interpreter's quiet import
+
+RES = 128
+SCALE, BIAS = 1 / 127.5, (-1.0, -1.0, -1.0)
+LABELS = [f"label_{i:03d}" for i in range(1000)]
+GOLDEN = Path(__file__).resolve().parents[1] / "mnv1_coreml" / "data" / "golden_images"
+
+#: fp16 program vs fp32 PyTorch, max abs logit error over these nets and 8 images. Measured:
+#: 0.115 (torch padding) / 0.137 (TF padding), for logits with std ~0.9 in about -3.6..3.8;
+#: PyTorch's own ``model.half()`` is off by as much (0.115 / 0.122).
+FP16_LOGIT_BOUND = 0.25
+
+
+def seeded_mobilenet(cfg: MobileNetConfig, seed: int = 0) -> MobileNetV1:
+    """Random weights with realistic activations: He-normal convs, BN affine around (1, 0),
+    BN running statistics calibrated by a train-mode pass (so they are far from 0 / 1)."""
+    g = torch.Generator().manual_seed(seed)
+    model = MobileNetV1(cfg)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                fan_out = m.out_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
+                m.weight.normal_(0.0, math.sqrt(2.0 / fan_out), generator=g)
+            elif isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.7, 1.3, generator=g)
+                m.bias.normal_(0.0, 0.25, generator=g)
+                m.momentum = None
+            elif isinstance(m, torch.nn.Linear):
+                m.weight.normal_(0.0, math.sqrt(2.0 / m.in_features), generator=g)
+                m.bias.normal_(0.0, 0.1, generator=g)
+        model.train()
+        model(normalise(smooth_images(4, cfg.res, seed + 100)))
+    model.eval()
+    bn = model.blocks[5].pw.bn
+    assert bn.running_var.std() > 0.01 and bn.running_mean.abs().max() > 0.1  # real spread
+    return model
+
+
+def smooth_images(n: int, res: int, seed: int) -> np.ndarray:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.nn.functional.interpolate(
+        torch.rand(n, 3, 7, 7, generator=g) * 255, size=(res, res), mode="bicubic"
+    )
+    fine = torch.rand(n, 3, res, res, generator=g) * 48 - 24
+    return (coarse + fine).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def golden_images(res: int) -> np.ndarray:
+    out = []
+    paths = sorted(p for p in GOLDEN.iterdir() if p.suffix.lower() in (".png", ".jpg"))
+    for path in paths[:4]:
+        img = Image.open(path).convert("RGB")
+        side = min(img.size)
+        left, top = (img.width - side) // 2, (img.height - side) // 2
+        img = img.crop((left, top, left + side, top + side)).resize((res, res), Image.BILINEAR)
+        out.append(np.asarray(img))
+    return np.stack(out)
+
+
+def normalise(images: np.ndarray) -> torch.Tensor:
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    return x * SCALE + torch.tensor(BIAS).view(1, 3, 1, 1)
+
+
+class Softmax(torch.nn.Module):
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(x), dim=1)
+
+
+def convert(net, path: Path, precision="fp32", shape=(1, 3, RES, RES), layout="RGB",
+            scale=SCALE, bias=BIAS, labels=LABELS) -> ReferenceModel:
+    traced = torch.jit.trace(Softmax(net).eval(), torch.zeros(shape))
+    mlmodel = ct.convert(
+        traced,
+        inputs=[ct.ImageType(name="image", shape=shape, scale=scale, bias=list(bias),
+                             color_layout=getattr(ct.colorlayout, layout))],
+        classifier_config=ct.ClassifierConfig(labels),
+        convert_to="mlprogram",
+        compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+        skip_model_load=True,
+    )
+    mlmodel.save(str(path))
+    return ReferenceModel.load(path)
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.concatenate([golden_images(RES), smooth_images(4, RES, seed=7)])
+
+
+@pytest.fixture(scope="module")
+def nets():
+    return {
+        "torch": seeded_mobilenet(MobileNetConfig(alpha=0.25, res=RES)),
+        "tf": seeded_mobilenet(MobileNetConfig(alpha=0.25, res=RES, padding="tf"), seed=1),
+    }
+
+
+@pytest.fixture(scope="module")
+def models(nets, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("mnv1")
+    return {
+        (pad, prec): convert(nets[pad], tmp / f"{pad}_{prec}.mlpackage", prec)
+        for pad, prec in (("torch", "fp32"), ("torch", "fp16"), ("tf", "fp32"), ("tf", "fp16"))
+    }
+
+
+def torch_logits(net, images: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return net(normalise(images)).numpy()
+
+
+# ---------------------------------------------------------------------------------------------
+# MobileNet V1 0.25-128 against PyTorch
+
+
+@pytest.mark.parametrize("padding", ["torch", "tf"])
+def test_fp32_logits_match_pytorch(padding, models, nets, images):
+    model = models[(padding, "fp32")]
+    res = model.predict(images, outputs=[model.logits_name, "classLabel", "classLabel_probs"])
+    want = torch_logits(nets[padding], images)
+    logits = res[model.logits_name]
+    assert logits.dtype == np.float32 and logits.shape == (len(images), 1000)
+    err = np.abs(logits - want).max(axis=1)
+    assert err.max() <= 1e-4, err  # every image
+    assert want.std() > 0.3  # logits that mean something, not a collapsed net
+    probs = res["classLabel_probs"]
+    np.testing.assert_allclose(probs, torch.softmax(torch.from_numpy(want), 1).numpy(), atol=1e-6)
+    assert res["classLabel"] == [LABELS[i] for i in want.argmax(1)]
+
+
+@pytest.mark.parametrize("padding", ["torch", "tf"])
+def test_fp16_logits_close_to_pytorch(padding, models, nets, images):
+    model = models[(padding, "fp16")]
+    assert any(t == "cast" for t, _ in model.operations)  # fp16 compute between casts
+    logits = model.predict(images, outputs=[model.logits_name])[model.logits_name]
+    assert logits.dtype == np.float16
+    want = torch_logits(nets[padding], images)
+    err = np.abs(logits.astype(np.float32) - want).max()
+    assert 1e-4 < err <= FP16_LOGIT_BOUND  # rounding is really reproduced, and stays small
+    assert (logits.argmax(1) == want.argmax(1)).mean() >= 0.75
+
+
+def test_tf_padding_converts_to_explicit_pad_ops(models):
+    """F.pad before a stride-2 conv stays a pad op (0 before, 1 after on H and W)."""
+    model = models[("tf", "fp32")]
+    pads = [s.op for s in model._steps if s.op.op_type == "pad"]
+    assert len(pads) == 5  # the stem and the four stride-2 depthwise convs
+    for op in pads:
+        assert op.inputs["pad"].val.tolist() == [0, 0, 0, 0, 0, 1, 0, 1]
+        assert op.inputs["mode"].val == "constant"
+        conv = op.outputs[0].child_ops[0]
+        assert conv.op_type == "conv" and conv.inputs["pad_type"].val == "valid"
+    assert not any(s.op.op_type == "pad" for s in models[("torch", "fp32")]._steps)
+
+
+def test_intermediate_matches_pytorch_stem(models, nets, images):
+    model = models[("torch", "fp32")]
+    first_clip = next(name for t, name in model.operations if t == "clip")
+    var = next(s.outputs[0].name for s in model._steps if s.op.name == first_clip)
+    assert var in model.variable_names
+    got = model.predict(images[:2], outputs=[var])[var]
+    with torch.no_grad():
+        want = nets["torch"].stem(normalise(images[:2])).numpy()
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# batching
+
+
+@pytest.mark.parametrize("key", [("torch", "fp32"), ("tf", "fp16")])
+def test_batch_equals_one_at_a_time(key, models, images):
+    model = models[key]
+    assert model.batch_plan.vectorised  # the reshape to (1, C) before the classifier is fine
+    names = [model.logits_name, "classLabel", "classLabel_probs"]
+    batched = model.predict(images, outputs=names)
+    single = [model.predict(img, outputs=names) for img in images]
+    assert batched["classLabel"] == [s["classLabel"][0] for s in single]
+    for name in (model.logits_name, "classLabel_probs"):
+        stacked = np.concatenate([s[name] for s in single])
+        assert batched[name].shape == stacked.shape and batched[name].dtype == stacked.dtype
+        np.testing.assert_array_equal(batched[name], stacked)  # bit for bit (ops.per_sample)
+
+
+def test_batched_reshape_keeps_samples_apart(tmp_path):
+    w = np.random.default_rng(0).standard_normal((5, 24)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 2, 3, 4))])
+    def prog(x):
+        return mb.linear(x=mb.reshape(x=mb.relu(x=x), shape=[1, 24]), weight=w)
+
+    model = ReferenceModel.from_program(prog)
+    assert model.batch_plan.vectorised and model.logits_name is None
+    x = np.random.default_rng(1).standard_normal((3, 2, 3, 4)).astype(np.float32)
+    (out,) = model.run({"x": x}).values()
+    assert out.shape == (3, 5)
+    np.testing.assert_allclose(out, np.maximum(x, 0).reshape(3, 24) @ w.T, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["softmax0", "flatten", "transpose"])
+def test_batch_mixing_program_runs_one_sample_at_a_time(kind):
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 6))])
+    def prog(x):
+        if kind == "softmax0":
+            return mb.softmax(x=mb.expand_dims(x=x, axes=[0]), axis=0)  # (1, 1, 6) over dim 0
+        if kind == "flatten":
+            return mb.reshape(x=x, shape=[6])
+        return mb.transpose(x=x, perm=[1, 0])
+
+    model = ReferenceModel.from_program(prog)
+    assert not model.batch_plan.vectorised and model.batch_plan.reason
+    x = np.random.default_rng(2).standard_normal((4, 6)).astype(np.float32)
+    (out,) = model.run({"x": x}).values()
+    singles = [next(iter(model.run({"x": x[i : i + 1]}).values())) for i in range(4)]
+    if kind == "softmax0":  # output keeps a leading 1: samples are concatenated on it
+        assert out.shape == (4, 1, 6)
+        np.testing.assert_array_equal(out, np.concatenate(singles))
+    else:  # no batch dim left: samples are stacked
+        assert out.shape == (4, *singles[0].shape)
+        np.testing.assert_array_equal(out, np.stack(singles))
+
+
+# ---------------------------------------------------------------------------------------------
+# image input handling
+
+
+class TinyNet(torch.nn.Module):
+    def __init__(self, channels: int = 3) -> None:
+        super().__init__()
+        torch.manual_seed(3)
+        self.conv = torch.nn.Conv2d(channels, 8, 3, stride=2, padding=1)
+        self.fc = torch.nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.relu(self.conv(x)).mean((2, 3)))
+
+
+def test_preprocessing_and_description(models):
+    model = models[("torch", "fp16")]
+    assert model.input_name == "image" and model.image_size == (RES, RES)
+    assert model.color_layout == "RGB" and model.class_labels == LABELS
+    pre = model.preprocessing
+    assert pre.scale == pytest.approx(SCALE, rel=1e-7) and pre.bias == BIAS
+    assert (pre.scale_op, pre.bias_op, pre.channel_scale) == (
+        "image__scaled__", "image__biased__", None)
+    assert model.output_names == ["classLabel", "classLabel_probs"]
+    names = model.variable_names
+    assert names[:2] == ["image__scaled__", "image__biased__"]
+    assert model.logits_name in names and len(names) == len(set(names))
+
+
+def test_bgr_model_gets_reversed_channels_and_per_channel_bias(tmp_path):
+    net = TinyNet().eval()
+    bias = (-0.4, -0.5, -0.6)  # per channel in the program's order: B, G, R
+    model = convert(net, tmp_path / "bgr.mlpackage", shape=(1, 3, 16, 16), layout="BGR",
+                    scale=1 / 255, bias=bias, labels=["a", "b", "c", "d"])
+    assert model.color_layout == "BGR" and model.preprocessing.bias == pytest.approx(bias)
+    rgb = smooth_images(3, 16, seed=5)
+    logits = model.predict(rgb, outputs=[model.logits_name])[model.logits_name]
+    x = torch.from_numpy(rgb[..., ::-1].copy()).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        want = net(x + torch.tensor(bias).view(1, 3, 1, 1)).numpy()
+    np.testing.assert_allclose(logits, want, atol=1e-5)
+
+
+def test_per_channel_scale_after_the_image_type(tmp_path):
+    """ImageNet mean/std: the ImageType does p/255 - mean, a graph mul does the 1/std."""
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+    class Scaled(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = TinyNet().eval()
+            self.register_buffer("inv_std", 1 / torch.tensor(std).view(1, 3, 1, 1))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.net(x * self.inv_std)
+
+    net = Scaled().eval()
+    model = convert(net, tmp_path / "imagenet.mlpackage", shape=(1, 3, 16, 16), scale=1 / 255,
+                    bias=tuple(-m for m in mean), labels=["a", "b", "c", "d"])
+    pre = model.preprocessing
+    assert pre.bias == pytest.approx([-m for m in mean])
+    assert pre.channel_scale == pytest.approx([1 / s for s in std], rel=1e-6)
+    assert pre.channel_scale_op is not None
+    rgb = smooth_images(2, 16, seed=8)
+    x = torch.from_numpy(rgb).permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        want = net(x - torch.tensor(mean).view(1, 3, 1, 1)).numpy()
+    got = model.predict(rgb, outputs=[model.logits_name])[model.logits_name]
+    np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_renamed_probabilities_output(tmp_path):
+    """convert.py renames ``classLabel_probs`` to ``classLabelProbs`` in the spec and program."""
+    net = TinyNet().eval()
+    convert(net, tmp_path / "a.mlpackage", shape=(1, 3, 16, 16), labels=["a", "b", "c", "d"])
+    mlmodel = ct.models.MLModel(str(tmp_path / "a.mlpackage"), skip_model_load=True)
+    spec = mlmodel.get_spec()
+    ct.utils.rename_feature(spec, "classLabel_probs", "classLabelProbs")
+    renamed = ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
+    renamed.save(str(tmp_path / "b.mlpackage"))
+    model = ReferenceModel.load(tmp_path / "b.mlpackage")
+    assert model.output_names == ["classLabel", "classLabelProbs"]
+    res = model.predict(smooth_images(3, 16, seed=9))
+    assert set(res) == {"classLabel", "classLabelProbs"} and res["classLabelProbs"].shape == (3, 4)
+    np.testing.assert_allclose(res["classLabelProbs"].sum(1), 1.0, rtol=1e-6)
+
+
+def test_grayscale_model_takes_gray_or_rgb_images(tmp_path):
+    net = TinyNet(channels=1).eval()
+    model = convert(net, tmp_path / "gray.mlpackage", shape=(1, 1, 16, 16), layout="GRAYSCALE",
+                    scale=1 / 255, bias=(0.0,), labels=["a", "b", "c", "d"])
+    assert model.color_layout == "GRAYSCALE" and model.preprocessing.bias == (0.0,)
+    rgb = smooth_images(2, 16, seed=6)
+    gray = np.stack([np.asarray(Image.fromarray(im).convert("L")) for im in rgb])
+    from_rgb = model.predict(rgb, outputs=[model.logits_name])[model.logits_name]
+    from_gray = model.predict(gray, outputs=[model.logits_name])[model.logits_name]
+    np.testing.assert_array_equal(from_rgb, from_gray)  # PIL's luma, exactly
+    with torch.no_grad():
+        want = net(torch.from_numpy(gray).float()[:, None] / 255).numpy()
+    np.testing.assert_allclose(from_gray, want, atol=1e-5)
+
+
+def test_input_errors(models, images):
+    model = models[("torch", "fp32")]
+    with pytest.raises(InterpreterError, match="do not fit"):
+        model.predict(np.zeros((2, 64, 64, 3), np.uint8))
+    with pytest.raises(InterpreterError, match="uint8"):
+        model.predict(images.astype(np.float32))
+    with pytest.raises(InterpreterError, match="no variable named"):
+        model.predict(images[:1], outputs=["nope"])
+    with pytest.raises(InterpreterError, match="not an .mlpackage|no such"):
+        ReferenceModel.load(Path("/nonexistent/model.mlpackage"))
+
+
+def test_import_is_quiet():
+    """coremltools' import-time warnings must not reach CLI output."""
+    proc = subprocess.run([sys.executable, "-c", "import torch, mnv1_coreml.mil"],
+                          capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.stdout == "" and proc.stderr == ""
