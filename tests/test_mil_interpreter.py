@@ -164,6 +164,16 @@ def test_fp16_logits_close_to_pytorch(padding, models, nets, images):
     assert (logits.argmax(1) == want.argmax(1)).mean() >= 0.75
 
 
+@pytest.mark.slow
+def test_fp32_logits_match_pytorch_1_0_224(tmp_path, images):
+    net = seeded_mobilenet(MobileNetConfig(alpha=1.0, res=224), seed=2)
+    model = convert(net, tmp_path / "big.mlpackage", shape=(1, 3, 224, 224))
+    imgs = np.concatenate([golden_images(224)[:2], smooth_images(2, 224, seed=11)])
+    logits = model.predict(imgs, outputs=[model.logits_name])[model.logits_name]
+    err = np.abs(logits - torch_logits(net, imgs)).max(axis=1)
+    assert err.max() <= 1e-4, err
+
+
 def test_tf_padding_converts_to_explicit_pad_ops(models):
     """F.pad before a stride-2 conv stays a pad op (0 before, 1 after on H and W)."""
     model = models[("tf", "fp32")]
@@ -219,6 +229,24 @@ def test_batched_reshape_keeps_samples_apart(tmp_path):
     (out,) = model.run({"x": x}).values()
     assert out.shape == (3, 5)
     np.testing.assert_allclose(out, np.maximum(x, 0).reshape(3, 24) @ w.T, atol=1e-5)
+
+
+def test_batched_matmul_slices_only_the_batch_operand():
+    """N equal to a constant's leading dim must not make the constant look batched."""
+    y = np.random.default_rng(3).standard_normal((5, 5)).astype(np.float32)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 5)), mb.TensorSpec(shape=(1, 5, 5))])
+    def prog(x, z):
+        return mb.matmul(x=x, y=y), mb.matmul(x=y, y=z)
+
+    model = ReferenceModel.from_program(prog)
+    assert model.batch_plan.vectorised
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5, 5)).astype(np.float32)  # 5 samples of (1, 5)
+    z = rng.standard_normal((5, 5, 5)).astype(np.float32)  # 5 samples of (1, 5, 5)
+    a, b = model.run({"x": x, "z": z}).values()
+    np.testing.assert_allclose(a, x @ y, atol=1e-5)
+    np.testing.assert_allclose(b, np.matmul(y, z), atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["softmax0", "flatten", "transpose"])

@@ -470,7 +470,8 @@ class ReferenceModel:
         n = next(iter(arrays.values())).shape[0] if batched and arrays else 1
         keep = set(wanted)
         for step in self._steps:
-            args = OpArgs(step.op, env, self._consts, batched and step.on_batch)
+            args = OpArgs(step.op, env, self._consts, n if batched and step.on_batch else 0,
+                          self._dependent)
             try:
                 result = step.spec.fn(args)
             except InterpreterError:

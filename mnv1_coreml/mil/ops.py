@@ -100,19 +100,32 @@ def to_tensor(value: Any, mil_dtype: Any) -> torch.Tensor:
 class OpArgs:
     """An op's inputs at run time: torch tensors for dynamic ones, NumPy/Python for constants.
 
-    ``batched`` is True when the interpreter runs N images through a batch-1 program in one pass
-    (see ``interpreter.BatchPlan``); only shape-rewriting kernels (``reshape``) need to know.
+    ``batched`` is True when the interpreter runs N = ``batch_size`` images through a batch-1
+    program in one pass (see ``interpreter.BatchPlan``) and this op sees them; ``carries_batch``
+    tells which inputs hold the N images. Only ``reshape``, ``classify`` and
+    :func:`per_sample` need to know.
     """
 
-    __slots__ = ("op", "_env", "_consts", "batched")
+    __slots__ = ("op", "_env", "_consts", "_dependent", "batch_size", "batched")
 
     def __init__(
-        self, op: Operation, env: dict[Var, Any], consts: dict[Var, Any], batched: bool
+        self,
+        op: Operation,
+        env: dict[Var, Any],
+        consts: dict[Var, Any],
+        batch_size: int = 0,
+        dependent: set[Var] | frozenset[Var] = frozenset(),
     ) -> None:
         self.op = op
         self._env = env
         self._consts = consts
-        self.batched = batched
+        self._dependent = dependent
+        self.batch_size = batch_size
+        self.batched = batch_size > 0
+
+    def carries_batch(self, name: str) -> bool:
+        """Whether input ``name`` is computed from the model inputs (holds the N images)."""
+        return self.batched and self.op.inputs.get(name) in self._dependent
 
     def has(self, name: str) -> bool:
         return self.op.inputs.get(name) is not None
@@ -403,21 +416,23 @@ def _check_pad_type(op: Operation) -> None:
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-def per_sample(a: OpArgs, fn: Callable[..., torch.Tensor], *xs: torch.Tensor) -> torch.Tensor:
-    """``fn(*xs)``, image by image in a batched run (slicing each ``x`` whose dim 0 is N).
+def per_sample(
+    a: OpArgs, fn: Callable[..., torch.Tensor], *named: tuple[str, torch.Tensor]
+) -> torch.Tensor:
+    """``fn(*tensors)``, image by image in a batched run (slicing the inputs holding the batch).
 
     oneDNN and MKL choose batch-size-dependent algorithms for conv and GEMM, whose summation
     order differs in the last bit (and an fp16 program can then round differently). Per image,
     a batch gives results bit-identical to one-at-a-time runs; on CPU this costs about nothing
     (measured on MobileNet V1 1.0-224 layers: per-image convs are as fast as batched ones).
     """
-    n = max(x.shape[0] if x.dim() else 1 for x in xs)
-    if not a.batched or n == 1:
-        return fn(*xs)
-    rank = max(x.dim() for x in xs)
+    tensors = [t for _, t in named]
+    if a.batch_size <= 1:
+        return fn(*tensors)
+    split = [a.carries_batch(name) for name, _ in named]
     parts = [
-        fn(*(x[i : i + 1] if x.dim() == rank and x.shape[0] == n else x for x in xs))
-        for i in range(n)
+        fn(*(t[i : i + 1] if s else t for t, s in zip(tensors, split, strict=True)))
+        for i in range(a.batch_size)
     ]
     return torch.cat(parts)
 
@@ -439,7 +454,7 @@ def _conv(a: OpArgs) -> torch.Tensor:
     conv = _CONV[nd]
     return per_sample(
         a, lambda xi: conv(xi, w, b, stride=strides, padding=padding, dilation=dilations,
-                           groups=groups), x
+                           groups=groups), ("x", x)
     )
 
 
@@ -581,7 +596,7 @@ def _reduce_mean(a: OpArgs) -> torch.Tensor:
 def _linear(a: OpArgs) -> torch.Tensor:
     """``x @ weight.T + bias``; weight is (D_out, D_in)."""
     w, b = a.tensor("weight"), a.opt_tensor("bias")
-    return per_sample(a, lambda xi: F.linear(xi, w, b), a.tensor("x"))
+    return per_sample(a, lambda xi: F.linear(xi, w, b), ("x", a.tensor("x")))
 
 
 @register("matmul")
@@ -592,7 +607,8 @@ def _matmul(a: OpArgs) -> torch.Tensor:
         x = x.transpose(-1, -2)
     if bool(a.scalar("transpose_y", False)):
         y = y.transpose(-1, -2)
-    return per_sample(a, torch.matmul, *_same_dtype(x, y))
+    x, y = _same_dtype(x, y)
+    return per_sample(a, torch.matmul, ("x", x), ("y", y))
 
 
 # --------------------------------------------------------------------------------------------
