@@ -551,6 +551,11 @@ def _quantize(**kw):
     return f
 
 
+def _prune(m, cto):
+    cfg = cto.OpMagnitudePrunerConfig(target_sparsity=0.5, weight_threshold=10)
+    return cto.prune_weights(m, cto.OptimizationConfig(global_config=cfg))
+
+
 def _joint(m, cto):
     pal = _palettize(4, mode="uniform")(m, cto)
     cfg = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8",
@@ -572,6 +577,7 @@ COMPRESSIONS = [
      {"constexpr_blockwise_shift_scale"}, None),
     ("joint-lut-of-int8-iOS18", IOS18, _joint,
      {"constexpr_lut_to_dense", "constexpr_blockwise_shift_scale"}, 16),
+    ("sparse-iOS16", IOS16, _prune, {"constexpr_sparse_to_dense"}, None),
 ]
 
 
@@ -593,10 +599,29 @@ def test_constexpr_decompression(case, tmp_path):
     orig = plain.run({"x": x}, outputs=[orig_conv.inputs["weight"].name])
     orig = orig[orig_conv.inputs["weight"].name].astype(np.float32)
     assert conv.inputs["weight"].op.op_type.startswith("constexpr_")
+    if "constexpr_sparse_to_dense" in expected_ops:  # pruned: kept weights exact, half zeros
+        kept = weight != 0
+        assert 0.45 < 1 - kept.mean() < 0.55
+        np.testing.assert_array_equal(weight[kept], orig[kept].astype(np.float16))
+        return
     rel = np.abs(weight.astype(np.float32) - orig).max() / np.abs(orig).max()
     assert 0 < rel < 0.2
     if max_distinct is not None:
         assert len(np.unique(weight)) <= max_distinct
+
+
+def test_constexpr_cast(tmp_path):
+    w16 = rand(3, 4).astype(np.float16)
+
+    @program([(2, 4)], target=IOS16)
+    def prog(x):
+        return mb.linear(x=x, weight=mb.constexpr_cast(source_val=w16, output_dtype="fp32"))
+
+    model = saved(prog, tmp_path, IOS16)
+    assert "constexpr_cast" in {op.op_type for op in model.package.main.operations}
+    assert not any(t.startswith("constexpr") for t in op_types(model))  # decompressed at load
+    x = rand(2, 4)
+    np.testing.assert_allclose(run1(model, x=x), x @ w16.astype(np.float32).T, atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------
