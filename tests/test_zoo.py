@@ -1,0 +1,25 @@
+"""zoo: variants in worker processes, validated, sized against the floor, tabulated."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from mnv1_coreml.convert import ConvertOptions
+from mnv1_coreml.zoo import run_zoo, write_tables
+
+
+def test_zoo_two_variants_in_parallel(tmp_path: Path) -> None:
+    base = ConvertOptions(weights="random", output=tmp_path / "x.mlpackage")
+    entries = run_zoo(base, tmp_path, jobs=2, variants=[(0.25, 128), (0.25, 160)])
+    assert [(e.alpha, e.res) for e in entries] == [(0.25, 128), (0.25, 160)]
+    for e in entries:
+        assert e.verdict == "PASS", e.verdict
+        assert Path(e.path).is_dir() and e.size_bytes > e.floor_bytes
+        assert e.size_bytes / e.floor_bytes < 1.2  # the spec and labels are ~80 kB of ~1 MB
+        assert e.params == 470_072
+        assert e.published_top1 is not None
+    assert entries[0].macs == 13_570_048 and entries[0].published_top1 == 41.3
+    md, js = write_tables(entries, tmp_path)
+    assert "| 0.25 | 160 |" in md.read_text()
+    assert json.loads(js.read_text())[1]["res"] == 160
