@@ -100,6 +100,26 @@ WeightsOpt = Annotated[
 SeedOpt = Annotated[int, typer.Option("--seed", help="Seed for --weights random.")]
 
 
+PrecisionOpt = Annotated[
+    PrecisionChoice, typer.Option("--precision", help="Compute precision of the program.")
+]
+PalettizeOpt = Annotated[
+    Optional[int],  # noqa: UP045
+    typer.Option("--palettize", help="k-means palettize every conv/FC weight: 8, 6 or 4 bits."),
+]
+QuantizeOpt = Annotated[
+    Optional[QuantizeChoice],  # noqa: UP045
+    typer.Option("--quantize", help="Linear symmetric per-channel weight quantization."),
+]
+NoValidateOpt = Annotated[
+    bool, typer.Option("--no-validate", help="Skip validation against PyTorch.")
+]
+Sha256Opt = Annotated[
+    Optional[str],  # noqa: UP045
+    typer.Option("--sha256", help="Pin the SHA-256 of the weights file."),
+]
+
+
 def _parse_triplet(text: str | None, name: str) -> tuple[float, float, float] | None:
     if text is None:
         return None
@@ -272,23 +292,15 @@ def convert(
     res: ResOpt = 224,
     weights: WeightsOpt = "imagenet",
     seed: SeedOpt = 0,
-    precision: Annotated[
-        PrecisionChoice, typer.Option("--precision", help="Compute precision of the program.")
-    ] = PrecisionChoice.fp16,
-    palettize: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--palettize", help="k-means palettize every conv/FC weight: 8, 6 or 4 bits."),
-    ] = None,
+    precision: PrecisionOpt = PrecisionChoice.fp16,
+    palettize: PalettizeOpt = None,
     granularity: Annotated[
         Granularity, typer.Option("--granularity", help="One palette per tensor or per group.")
     ] = Granularity.per_tensor,
     group_size: Annotated[
         int, typer.Option("--group-size", help="Output channels per palette (grouped mode).")
     ] = 16,
-    quantize: Annotated[
-        Optional[QuantizeChoice],  # noqa: UP045
-        typer.Option("--quantize", help="Linear symmetric per-channel weight quantization."),
-    ] = None,
+    quantize: QuantizeOpt = None,
     target: Annotated[
         Optional[TargetChoice],  # noqa: UP045
         typer.Option("--target", help="Minimum deployment target (default: lowest possible)."),
@@ -297,13 +309,8 @@ def convert(
         Path, typer.Option("-o", "--output", help="Output .mlpackage path.")
     ] = Path("MobileNetV1.mlpackage"),
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
-    no_validate: Annotated[
-        bool, typer.Option("--no-validate", help="Skip validation against PyTorch.")
-    ] = False,
-    sha256: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option("--sha256", help="Pin the SHA-256 of the weights file."),
-    ] = None,
+    no_validate: NoValidateOpt = False,
+    sha256: Sha256Opt = None,
     padding: PaddingOpt = None,
     activation: ActivationOpt = None,
     bn_eps: EpsOpt = None,
@@ -367,10 +374,7 @@ def golden(
         typer.Option("--images", help="Directory of photos (default: the packaged ones)."),
     ] = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an existing output.")] = False,
-    sha256: Annotated[
-        Optional[str],  # noqa: UP045
-        typer.Option("--sha256", help="Pin the SHA-256 of the weights file."),
-    ] = None,
+    sha256: Sha256Opt = None,
     padding: PaddingOpt = None,
     activation: ActivationOpt = None,
     bn_eps: EpsOpt = None,
@@ -473,21 +477,11 @@ def zoo(
     output: Annotated[Path, typer.Option("-o", "--output", help="Directory for the 16 packages.")],
     weights: WeightsOpt = "imagenet",
     seed: SeedOpt = 0,
-    precision: Annotated[
-        PrecisionChoice, typer.Option("--precision", help="Compute precision of the programs.")
-    ] = PrecisionChoice.fp16,
-    palettize: Annotated[
-        Optional[int],  # noqa: UP045
-        typer.Option("--palettize", help="k-means palettize every conv/FC weight: 8, 6 or 4 bits."),
-    ] = None,
-    quantize: Annotated[
-        Optional[QuantizeChoice],  # noqa: UP045
-        typer.Option("--quantize", help="Linear symmetric per-channel weight quantization."),
-    ] = None,
+    precision: PrecisionOpt = PrecisionChoice.fp16,
+    palettize: PalettizeOpt = None,
+    quantize: QuantizeOpt = None,
     jobs: Annotated[int, typer.Option("--jobs", help="Worker processes.")] = 2,
-    no_validate: Annotated[
-        bool, typer.Option("--no-validate", help="Skip validation against PyTorch.")
-    ] = False,
+    no_validate: NoValidateOpt = False,
     force: Annotated[bool, typer.Option("--force", help="Replace existing packages.")] = False,
 ) -> None:
     """Convert all 16 alpha x res variants; write zoo.md and zoo.json with sizes and verdicts."""
