@@ -24,9 +24,9 @@ SCALE, BIAS = 1 / 127.5, (-1.0, -1.0, -1.0)
 LABELS = [f"label_{i:03d}" for i in range(1000)]
 GOLDEN = Path(__file__).resolve().parents[1] / "mnv1_coreml" / "data" / "golden_images"
 
-#: fp16 program vs fp32 PyTorch, max abs logit error over these nets and 8 images. Measured:
-#: 0.115 (torch padding) / 0.137 (TF padding), for logits with std ~0.9 in about -3.6..3.8;
-#: PyTorch's own ``model.half()`` is off by as much (0.115 / 0.122).
+#: fp16 program vs fp32 PyTorch, max abs logit error over these 8 images. Measured: 0.115
+#: (0.137 for the TF-padding net), for logits with std ~0.9 in about -3.6..3.8; PyTorch's own
+#: ``model.half()`` is off by as much (0.115 / 0.122).
 FP16_LOGIT_BOUND = 0.25
 
 
@@ -124,7 +124,7 @@ def models(nets, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("mnv1")
     return {
         (pad, prec): convert(nets[pad], tmp / f"{pad}_{prec}.mlpackage", prec)
-        for pad, prec in (("torch", "fp32"), ("torch", "fp16"), ("tf", "fp32"), ("tf", "fp16"))
+        for pad, prec in (("torch", "fp32"), ("torch", "fp16"), ("tf", "fp32"))
     }
 
 
@@ -152,13 +152,12 @@ def test_fp32_logits_match_pytorch(padding, models, nets, images):
     assert res["classLabel"] == [LABELS[i] for i in want.argmax(1)]
 
 
-@pytest.mark.parametrize("padding", ["torch", "tf"])
-def test_fp16_logits_close_to_pytorch(padding, models, nets, images):
-    model = models[(padding, "fp16")]
+def test_fp16_logits_close_to_pytorch(models, nets, images):
+    model = models[("torch", "fp16")]
     assert any(t == "cast" for t, _ in model.operations)  # fp16 compute between casts
     logits = model.predict(images, outputs=[model.logits_name])[model.logits_name]
     assert logits.dtype == np.float16
-    want = torch_logits(nets[padding], images)
+    want = torch_logits(nets["torch"], images)
     err = np.abs(logits.astype(np.float32) - want).max()
     assert 1e-4 < err <= FP16_LOGIT_BOUND  # rounding is really reproduced, and stays small
     assert (logits.argmax(1) == want.argmax(1)).mean() >= 0.75
@@ -202,7 +201,7 @@ def test_intermediate_matches_pytorch_stem(models, nets, images):
 # batching
 
 
-@pytest.mark.parametrize("key", [("torch", "fp32"), ("tf", "fp16")])
+@pytest.mark.parametrize("key", [("tf", "fp32"), ("torch", "fp16")])
 def test_batch_equals_one_at_a_time(key, models, images):
     model = models[key]
     assert model.batch_plan.vectorised  # the reshape to (1, C) before the classifier is fine
