@@ -1,8 +1,8 @@
 """Reference interpreter vs PyTorch eager: speed, peak memory and fp32 logit agreement.
 
-Converts MobileNet V1 (default 1.0-224, seeded random weights with realistic BatchNorm
-statistics) to fp32 and fp16 ML Programs in a temporary directory, then times, on the same
-uint8 images and batch in this one process:
+Converts MobileNet V1 (default 1.0-224, the project's seeded random weights) with the
+project's own ``convert`` to fp32 and fp16 ML Programs in a temporary directory, then times,
+on the same uint8 images and batch in this one process:
 
 * PyTorch eager fp32: normalisation, network, softmax;
 * the interpreter on the fp32 and the fp16 package: ``predict`` (colour handling, the
@@ -18,9 +18,6 @@ Prints numbers only; targets (interpreter >= 0.5x PyTorch's speed, < 1 GB RSS) a
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
-import math
 import resource
 import statistics
 import subprocess
@@ -35,78 +32,17 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mnv1_coreml.mil import ReferenceModel  # noqa: E402  (quiet coremltools import first)
-from mnv1_coreml.mil.loader import ct  # noqa: E402
-from mnv1_coreml.model import MobileNetConfig, MobileNetV1  # noqa: E402
-
-SCALE, BIAS = 1 / 127.5, (-1.0, -1.0, -1.0)  # Inception-style x/127.5 - 1, as in the ImageType
-
-
-def seeded_model(alpha: float, res: int, seed: int) -> MobileNetV1:
-    """He-normal convs, BN affine spread around (1, 0) and BN running stats calibrated by one
-    train-mode pass, so activations keep a realistic scale through all 27 layers."""
-    g = torch.Generator().manual_seed(seed)
-    model = MobileNetV1(MobileNetConfig(alpha=alpha, res=res))
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, torch.nn.Conv2d):
-                fan_out = m.out_channels // m.groups * m.kernel_size[0] * m.kernel_size[1]
-                m.weight.normal_(0.0, math.sqrt(2.0 / fan_out), generator=g)
-            elif isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.uniform_(0.7, 1.3, generator=g)
-                m.bias.normal_(0.0, 0.25, generator=g)
-                m.momentum = None
-            elif isinstance(m, torch.nn.Linear):
-                m.weight.normal_(0.0, math.sqrt(2.0 / m.in_features), generator=g)
-                m.bias.normal_(0.0, 0.1, generator=g)
-        model.train()
-        model(normalise(images(4, res, seed + 1)))
-    return model.eval()
+from mnv1_coreml.convert import ConvertOptions, convert  # noqa: E402
+from mnv1_coreml.mil import ReferenceModel  # noqa: E402
+from mnv1_coreml.weights import build_model, load_weights  # noqa: E402
+from mnv1_coreml.weights.random_init import smooth_images  # noqa: E402
 
 
-def images(n: int, res: int, seed: int) -> np.ndarray:
-    """(n, res, res, 3) uint8: smooth random pictures (upsampled noise plus fine texture)."""
-    g = torch.Generator().manual_seed(seed)
-    coarse = torch.nn.functional.interpolate(
-        torch.rand(n, 3, 7, 7, generator=g) * 255, size=(res, res), mode="bicubic"
-    )
-    fine = torch.rand(n, 3, res, res, generator=g) * 48 - 24
-    return (coarse + fine).clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
-def normalise(imgs: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(imgs).permute(0, 3, 1, 2).float()
-    return x * SCALE + torch.tensor(BIAS).view(1, 3, 1, 1)
-
-
-class Head(torch.nn.Module):
-    def __init__(self, model: MobileNetV1) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.softmax(self.model(x), dim=1)
-
-
-def convert(model: MobileNetV1, res: int, precision: str, out: Path) -> Path:
-    traced = torch.jit.trace(Head(model).eval(), torch.zeros(1, 3, res, res))
-    mlmodel = ct.convert(
-        traced,
-        inputs=[
-            ct.ImageType(
-                name="image", shape=(1, 3, res, res), scale=SCALE, bias=list(BIAS),
-                color_layout=ct.colorlayout.RGB,
-            )
-        ],
-        classifier_config=ct.ClassifierConfig([f"class_{i}" for i in range(1000)]),
-        convert_to="mlprogram",
-        compute_precision=(
-            ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32
-        ),
-        skip_model_load=True,
-    )
+def convert_package(args: argparse.Namespace, precision: str, out: Path) -> Path:
+    """The package users get: the project's own convert, random weights of this seed."""
     path = out / f"mnv1_{precision}.mlpackage"
-    mlmodel.save(str(path))
+    convert(ConvertOptions(alpha=args.alpha, res=args.res, weights="random", seed=args.seed,
+                           precision=precision, output=path, validate=False))
     return path
 
 
@@ -138,7 +74,7 @@ def peak_rss_mb() -> float:
 def rss_probe(package: str, batch: int, res: int, seed: int) -> None:
     """Child process: only the interpreter, to measure its own peak RSS."""
     model = ReferenceModel.load(package)
-    model.predict(images(batch, res, seed))
+    model.predict(smooth_images(batch, res, seed))
     print(f"{peak_rss_mb():.1f}")
 
 
@@ -157,12 +93,13 @@ def main() -> None:
 
     print(f"MobileNet V1 {args.alpha}-{args.res}, batch {args.batch}, {args.repeats} timed runs, "
           f"{torch.get_num_threads()} torch threads")
-    model = seeded_model(args.alpha, args.res, args.seed)
-    imgs = images(args.batch, args.res, args.seed + 2)
+    weights = load_weights("random", args.alpha, args.res, seed=args.seed)
+    model = build_model(args.alpha, args.res, weights)
+    normalise = weights.settings.normalization.apply
+    imgs = smooth_images(args.batch, args.res, args.seed + 2)
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        with contextlib.redirect_stderr(io.StringIO()):  # coremltools' tqdm progress bars
-            paths = {p: convert(model, args.res, p, Path(tmp)) for p in ("fp32", "fp16")}
+        paths = {p: convert_package(args, p, Path(tmp)) for p in ("fp32", "fp16")}
         print(f"converted fp32 + fp16 packages in {time.perf_counter() - t0:.1f} s")
         refs = {p: ReferenceModel.load(path) for p, path in paths.items()}
 

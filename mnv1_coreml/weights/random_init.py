@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -37,6 +38,12 @@ def smooth_pictures(n: int, res: int, generator: torch.Generator) -> torch.Tenso
     x = F.interpolate(coarse, size=(res, res), mode="bicubic", align_corners=False)
     x = x + F.interpolate(fine, size=(res, res), mode="bilinear", align_corners=False)
     return x.clamp(0, 255).round()
+
+
+def smooth_images(n: int, res: int, seed: int) -> np.ndarray:
+    """The same pictures as uint8 (n, res, res, 3) RGB arrays, from their own seed."""
+    pictures = smooth_pictures(n, res, torch.Generator().manual_seed(seed))
+    return pictures.permute(0, 2, 3, 1).to(torch.uint8).numpy()
 
 
 @torch.no_grad()
