@@ -320,6 +320,7 @@ def convert(
     """Convert MobileNet V1 to a Core ML ML Program image classifier (.mlpackage)."""
     from .convert import ConvertOptions, preflight
     from .convert import convert as run_convert
+    from .sizes import package_bytes
 
     if output.suffix != ".mlpackage":
         raise UserError(f"output must end in .mlpackage, got {output}")
@@ -336,7 +337,7 @@ def convert(
         steps.append("validate")
     with _steps(steps, "convert") as (on_step, on_download):
         result = run_convert(opts, on_step=on_step, on_download=on_download)
-    size = sum(p.stat().st_size for p in result.path.rglob("*") if p.is_file())
+    size = package_bytes(result.path)
     out.print(
         f"wrote {result.path} ({size / 1e6:.2f} MB, {opts.precision}, target {result.target})"
     )

@@ -60,12 +60,11 @@ def torch_logits(model: MobileNetV1, norm: Normalization, images: np.ndarray) ->
         return model.eval()(norm.apply(images)).numpy().astype(np.float32)
 
 
-def weights_cli_args(weights: LoadedWeights) -> str:
-    """The ``--weights`` (and ``--seed``) arguments that reproduce ``weights``."""
-    if weights.source == "random":
-        seed = weights.spec.split(":", 1)[1] if ":" in weights.spec else "0"
-        return f"--weights random --seed {seed}"
-    return f"--weights {weights.spec}"
+def weights_cli_args(spec: str) -> str:
+    """The ``--weights`` (and ``--seed``) arguments that reproduce a recorded weights spec."""
+    if spec.startswith("random:"):
+        return f"--weights random --seed {spec.split(':', 1)[1]}"
+    return f"--weights {spec}"
 
 
 def make_golden(
@@ -86,7 +85,7 @@ def make_golden(
         "weights": weights.spec,
         "weights_source": weights.source,
         "weights_sha256": weights.sha256,
-        "weights_args": weights_cli_args(weights),
+        "weights_args": weights_cli_args(weights.spec),
         "normalization": s.normalization.to_json(),
         "padding": s.padding,
         "activation": s.activation,

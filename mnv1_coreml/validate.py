@@ -326,12 +326,9 @@ def resolve_golden(model_path: Path, golden_dir: Path | None) -> tuple[GoldenSet
         ) from None
     found = find_golden(alpha, res, sha)
     if found is None:
-        from .golden import golden_name
+        from .golden import golden_name, weights_cli_args
 
-        args = (
-            f"--weights random --seed {spec.split(':', 1)[1]}" if spec.startswith("random")
-            else f"--weights {spec}"
-        )
+        args = weights_cli_args(spec)
         raise UserError(
             f"no golden for alpha={alpha} res={res} weights {spec} (sha256 {sha[:12]}...) in "
             f"golden/; make it with: mnv1-coreml golden --alpha {alpha} --res {res} {args} "

@@ -18,16 +18,6 @@ from .palettize import (
 )
 from .quantize import DEQUANTIZE_OPS, quantizer_config
 
-__all__ = [
-    "PALETTE_BITS",
-    "CompressedWeight",
-    "CompressionReport",
-    "CompressionSpec",
-    "UncompressedWeight",
-    "compress",
-    "required_target",
-]
-
 Granularity = Literal["per-tensor", "per-grouped-channel"]
 Method = Literal["optimal", "coremltools"]
 #: LUT sizes Core ML supports; 3 bits (8 entries) only from iOS18 on.

@@ -171,6 +171,12 @@ def normalize_sha256(sha256: str | None) -> str | None:
     return pinned
 
 
+def key_problems(missing: list[str], unexpected: list[str], wrong: list[str]) -> list[str]:
+    """The parts of a "does not fit" message, each naming every offending key."""
+    parts = (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+    return [f"{what} {', '.join(keys)}" for what, keys in parts if keys]
+
+
 def check_state_dict(model: MobileNetV1, state_dict: dict[str, torch.Tensor], origin: str) -> None:
     """Raise one WeightsError naming every missing, unexpected and wrongly shaped key."""
     expected = weight_keys(model)
@@ -191,13 +197,7 @@ def check_state_dict(model: MobileNetV1, state_dict: dict[str, torch.Tensor], or
             f"{origin} holds MobileNet V1 alpha={held:g} weights, not alpha={cfg.alpha:g} "
             f"(wrong shape {key} {got[key]}, expected {expected[key]}): pass --alpha {held:g}"
         )
-    problems = []
-    if missing:
-        problems.append(f"missing {', '.join(missing)}")
-    if unexpected:
-        problems.append(f"unexpected {', '.join(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shape {', '.join(wrong)}")
+    problems = key_problems(missing, unexpected, wrong)
     if problems:
         raise WeightsError(
             f"{origin} does not fit MobileNet V1 alpha={cfg.alpha} res={cfg.res}: "

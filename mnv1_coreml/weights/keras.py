@@ -22,7 +22,7 @@ import torch
 from ..errors import WeightsError
 from ..model import BLOCKS, STEM_CHANNELS, scaled_channels
 from .catalog import KERAS_BASE_URL, available_keras_variants, keras_variant
-from .core import KERAS_SETTINGS, LoadedWeights, apply_overrides
+from .core import KERAS_SETTINGS, LoadedWeights, apply_overrides, key_problems
 from .download import (
     DEFAULT_TIMEOUT,
     ProgressCallback,
@@ -202,15 +202,9 @@ def read_keras_h5(path: Path, alpha: float, *, label: str | None = None) -> dict
                     wrong.append(f"{t.name} {tuple(ds.shape)} (expected {expected})")
             wanted = {(t.layer, t.weight) for t in layout}
             unexpected = sorted(f"{la}/{w}:0" for la, w in found if (la, w) not in wanted)
-            problems = []
-            if missing:
-                problems.append(f"missing {', '.join(missing)}")
-                if all(m.startswith("conv_preds/") for m in missing):
-                    problems[-1] += " (an include_top=False '_no_top' file has no classifier)"
-            if unexpected:
-                problems.append(f"unexpected {', '.join(unexpected)}")
-            if wrong:
-                problems.append(f"wrong shape {', '.join(wrong)}")
+            problems = key_problems(missing, unexpected, wrong)
+            if missing and all(m.startswith("conv_preds/") for m in missing):
+                problems[0] += " (an include_top=False '_no_top' file has no classifier)"
             if broken:
                 problems.append(f"broken index {', '.join(broken)}")
             if problems:
