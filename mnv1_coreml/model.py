@@ -30,7 +30,7 @@ training bookkeeping and are not part of the weight contract (see :func:`weight_
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -90,9 +90,6 @@ class MobileNetConfig:
             raise ValueError(f"bn_eps must be > 0, got {self.bn_eps!r}")
         if self.num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {self.num_classes!r}")
-
-    def with_(self, **changes: object) -> MobileNetConfig:
-        return replace(self, **changes)  # type: ignore[arg-type]
 
     @property
     def channels(self) -> list[int]:

@@ -132,16 +132,6 @@ class LoadedWeights:
     #: Where a downloaded file came from, if it was downloaded.
     url: str | None = None
 
-    @property
-    def description(self) -> str:
-        if self.source == "random":
-            return f"random (seed in spec: {self.spec})"
-        if self.source == "imagenet" and self.path is not None:
-            return f"imagenet (Keras Applications {self.path.name})"
-        if self.source == "timm" and self.url is not None:
-            return f"timm ({self.url})"
-        return self.spec
-
 
 def state_dict_sha256(state_dict: dict[str, torch.Tensor]) -> str:
     """A content hash of tensors, independent of file format: names, shapes and bytes."""
