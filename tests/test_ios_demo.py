@@ -1,170 +1,53 @@
-"""Linux checks of the iOS demo app (ios_demo/): what can be verified without Xcode.
+"""Linux checks of the iOS demo app (ios_demo/): what would break it, without Xcode.
 
-Each check runs against the real project and, to show it can fail, against a broken input
-(a Swift snippet, a mutated project.pbxproj or scheme). The checkers live in ios_checks.py.
-
-The project references ios_demo/MobileNetDemo/MobileNetV1.mlpackage, which is generated, not
-committed. The session fixture copies ios_demo/ into a temporary directory and converts a small
-model (alpha 0.25, 128 x 128, random weights) to the same relative path there, so every file
-reference resolves without touching (or leaving behind) a model in the working tree.
+Each check runs on the real app and, to show that it can fail, on a broken copy of the input.
+The model comes from the project's own `convert` (the session's `small_packages`): a convert
+that fails, or writes something the app does not expect, fails these tests.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import plistlib
 import shutil
-import subprocess
-import sys
-import warnings
 from pathlib import Path
 
 import pytest
 
 from . import ios_checks as checks
 
-TEST_ALPHA, TEST_RES = 0.25, 128
+PBXPROJ = checks.XCODEPROJ / "project.pbxproj"
+PRIVACY = checks.APP_DIR / "PrivacyInfo.xcprivacy"
 
 
-class CliFallbackWarning(RuntimeWarning):
-    """The mnv1-coreml CLI is missing or failed; the test model was converted directly."""
-
-
-# --------------------------------------------------------------------------------------------
-# The test model
-# --------------------------------------------------------------------------------------------
-
-
-def cli_available() -> bool:
-    return (
-        importlib.util.find_spec("mnv1_coreml.cli") is not None
-        and importlib.util.find_spec("mnv1_coreml.__main__") is not None
-    )
-
-
-def convert_with_cli(dest: Path) -> subprocess.CompletedProcess[str]:
-    """What users run (see ios_demo/README.md), with the small test variant."""
-    cmd = [
-        sys.executable, "-m", "mnv1_coreml", "convert",
-        "--alpha", str(TEST_ALPHA), "--res", str(TEST_RES), "--weights", "random",
-        "--no-validate", "-o", str(dest), "--force",
-    ]  # fmt: skip
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=900, check=False)
-
-
-def convert_directly(dest: Path) -> None:
-    """The converter's contract, by hand: used only while the CLI is missing or broken."""
-    import torch
-
-    from mnv1_coreml.labels import imagenet_labels
-    from mnv1_coreml.model import MobileNetConfig, MobileNetV1
-
-    ct = checks.coremltools()
-    net = MobileNetV1(MobileNetConfig(alpha=TEST_ALPHA, res=TEST_RES)).eval()
-
-    class Probabilities(torch.nn.Module):
-        def __init__(self, model: torch.nn.Module) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            return torch.softmax(self.model(x), dim=1)
-
-    with torch.no_grad():
-        traced = torch.jit.trace(Probabilities(net), torch.zeros(1, 3, TEST_RES, TEST_RES))
-    mean, std = (0.485, 0.456, 0.406), 0.226
-    mlmodel = ct.convert(
-        traced,
-        inputs=[
-            ct.ImageType(
-                name="image",
-                shape=(1, 3, TEST_RES, TEST_RES),
-                scale=1 / (255 * std),
-                bias=[-m / std for m in mean],
-                color_layout=ct.colorlayout.RGB,
-            )
-        ],
-        classifier_config=ct.ClassifierConfig(list(imagenet_labels())),
-        convert_to="mlprogram",
-        minimum_deployment_target=ct.target.iOS15,
-        skip_model_load=True,
-    )
-    spec = mlmodel.get_spec()
-    ct.utils.rename_feature(spec, "classLabel_probs", "classLabelProbs")
-    mlmodel = ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
-    meta = {
-        "com.apple.coreml.model.preview.type": "imageClassifier",
-        "mnv1.alpha": repr(TEST_ALPHA),
-        "mnv1.resolution": str(TEST_RES),
-        "mnv1.weights": "random:0",
-        "mnv1.weights_source": "random",
-        "mnv1.precision": "fp16",
-    }
-    for key, value in meta.items():
-        mlmodel.user_defined_metadata[key] = value
-    mlmodel.save(str(dest))
-
-
-def convert_test_model(dest: Path) -> str:
-    """Converts with the real CLI when it works; says which way it went."""
-    if cli_available():
-        proc = convert_with_cli(dest)
-        if proc.returncode == 0 and dest.is_dir():
-            return "cli"
-        warnings.warn(
-            CliFallbackWarning(
-                f"mnv1-coreml convert failed (exit {proc.returncode}); converting directly. "
-                f"stderr: {proc.stderr.strip()[-600:]}"
-            ),
-            stacklevel=2,
-        )
-    else:
-        warnings.warn(
-            CliFallbackWarning("mnv1_coreml.cli is not there yet; converting directly"),
-            stacklevel=2,
-        )
-    if dest.exists():
-        shutil.rmtree(dest)
-    convert_directly(dest)
-    return "fallback"
-
-
-@pytest.fixture(scope="session")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of ios_demo/ with a freshly converted model where the project expects it."""
+@pytest.fixture(scope="module")
+def demo(small_packages: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of ios_demo/ with a converted model where the project expects it."""
     root = tmp_path_factory.mktemp("ios_demo")
     shutil.copytree(
-        checks.IOS_DEMO,
-        root,
-        dirs_exist_ok=True,
-        ignore=shutil.ignore_patterns("*.mlpackage", "xcuserdata", "build", "DerivedData"),
+        checks.IOS_DEMO, root, dirs_exist_ok=True, ignore=shutil.ignore_patterns("*.mlpackage")
     )
     model = root / checks.MODEL_RELPATH.relative_to("ios_demo")
-    convert_test_model(model)
-    assert model.is_dir()
+    shutil.copytree(small_packages["fp16"], model)
     return root
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def project(demo: Path) -> checks.Project:
     return checks.load_project(demo / checks.XCODEPROJ.name / "project.pbxproj")
 
 
-@pytest.fixture(scope="session")
-def trees() -> dict[str, object]:
-    return checks.parse_all_swift(checks.swift_files())
+@pytest.fixture(scope="module")
+def trees() -> dict:
+    return checks.parse_all_swift()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def spec(demo: Path) -> checks.ModelSpec:
     return checks.load_model_spec(demo / checks.MODEL_RELPATH.relative_to("ios_demo"))
 
 
-def snippet(source: str) -> dict[str, object]:
-    return {"Snippet.swift": checks.parse_swift(source)}
-
-
 def mutated(project: checks.Project, tmp_path: Path, old: str, new: str, count: int = 1):
-    """The project with `old` replaced by `new` in its text, read against the same files."""
+    """The project with `old` replaced in its text, read against the same files."""
     assert project.text.count(old) >= count, old
     path = tmp_path / checks.XCODEPROJ.name / "project.pbxproj"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -172,42 +55,31 @@ def mutated(project: checks.Project, tmp_path: Path, old: str, new: str, count: 
     return checks.load_project(path, source_root=project.source_root)
 
 
-def app_dir(project: checks.Project) -> Path:
-    return project.source_root / checks.APP_DIR.name
+def without_line(project: checks.Project, tmp_path: Path, contains: str) -> checks.Project:
+    line = next(ln for ln in project.text.splitlines(keepends=True) if contains in ln)
+    return mutated(project, tmp_path, line, "")
 
 
-def object_block(text: str, comment: str) -> str:
-    """The text of one multi-line object definition, e.g. `/* Sources */ = {...};`."""
-    start = text.index(f" /* {comment} */ = {{\n")
-    start = text.rindex("\n", 0, start) + 1
-    end = text.index("\n\t\t};\n", start) + len("\n\t\t};\n")
-    return text[start:end]
+def snippet(source: str) -> dict:
+    return {"Snippet.swift": checks.parse_swift(source)}
 
 
 # --------------------------------------------------------------------------------------------
-# Swift syntax
+# Swift
 # --------------------------------------------------------------------------------------------
 
-SWIFT_FILES = checks.swift_files()
 
-
-def test_the_app_has_swift_sources() -> None:
-    names = {p.name for p in SWIFT_FILES}
-    assert {"MobileNetDemoApp.swift", "CameraController.swift", "Classifier.swift"} <= names
-
-
-@pytest.mark.parametrize("path", SWIFT_FILES, ids=lambda p: p.name)
-def test_swift_file_parses_without_errors(path: Path) -> None:
+@pytest.mark.parametrize("path", checks.swift_files(), ids=lambda p: p.name)
+def test_swift_file_parses(path: Path) -> None:
     assert checks.syntax_problems(checks.parse_swift(path.read_bytes())) == []
 
 
 @pytest.mark.parametrize(
     "source",
     [
-        "struct A { func f() { let x = [1, 2 }",  # unbalanced bracket
-        "final class B { var x: Int = }",  # missing expression
-        "func c() { if let x = y { print(x) }",  # missing closing brace
-        "let d = VNCoreMLRequest(model: m) { request, error in ) }",
+        "struct A { func f() { let x = [1, 2 }",
+        "final class B { var x: Int = }",
+        "func c() { if let x = y { print(x) }",
     ],
 )
 def test_syntax_checker_catches_broken_swift(source: str) -> None:
@@ -215,329 +87,20 @@ def test_syntax_checker_catches_broken_swift(source: str) -> None:
 
 
 # --------------------------------------------------------------------------------------------
-# Swift policy, by tree-sitter query
+# The Swift code against the model `convert` writes
 # --------------------------------------------------------------------------------------------
 
 
-def test_vision_center_crops(trees) -> None:
-    assert checks.crop_option_problems(trees) == []
-
-
-@pytest.mark.parametrize(
-    "source",
-    [
-        "func f() { request.imageCropAndScaleOption = .scaleFill }",
-        "func f() { request.imageCropAndScaleOption = VNImageCropAndScaleOption.scaleFit }",
-        # Not set at all: Vision's default happens to be centerCrop, but the app must say so.
-        "func f() { let request = VNCoreMLRequest(model: m) }",
-    ],
-)
-def test_crop_checker_catches_other_options(source: str) -> None:
-    assert checks.crop_option_problems(snippet(source))
-
-
-def test_crop_checker_accepts_the_qualified_spelling() -> None:
-    source = "func f() { r.imageCropAndScaleOption = VNImageCropAndScaleOption.centerCrop }"
-    assert checks.crop_option_problems(snippet(source)) == []
-
-
-def test_no_main_sync(trees) -> None:
-    assert checks.main_sync_problems(trees) == []
-
-
-def test_main_sync_checker_catches_it() -> None:
-    source = """
-    func f() {
-        DispatchQueue.main.sync { label = "x" }
-        DispatchQueue.main.sync(execute: work)
-        DispatchQueue.main.async { label = "fine" }
-    }
-    """
-    assert len(checks.main_sync_problems(snippet(source))) == 2
-
-
-def test_capture_delegate_signature(trees) -> None:
-    assert checks.capture_delegate_problems(trees) == []
-
-
-@pytest.mark.parametrize(
-    "source",
-    [
-        # Swift 3's name: compiles, and AVFoundation never calls it.
-        """
-        final class C: NSObject, AVCaptureVideoDataOutputSampleBufferDelegate {
-            func captureOutput(_ output: AVCaptureOutput,
-                               didOutputSampleBuffer sampleBuffer: CMSampleBuffer,
-                               from connection: AVCaptureConnection) {}
-        }
-        """,
-        # Right signature, but the type does not adopt the delegate protocol.
-        """
-        final class C: NSObject {
-            func captureOutput(_ output: AVCaptureOutput, didOutput sampleBuffer: CMSampleBuffer,
-                               from connection: AVCaptureConnection) {}
-        }
-        """,
-        "final class C: NSObject {}",
-    ],
-)
-def test_capture_delegate_checker_catches_wrong_signatures(source: str) -> None:
-    assert checks.capture_delegate_problems(snippet(source))
-
-
-def test_start_running_is_off_the_main_thread(trees) -> None:
-    assert checks.start_running_problems(trees) == []
-
-
-def test_start_running_checker_catches_main_thread_start() -> None:
-    source = """
-    final class C {
-        func start() { session.startRunning() }
-        func stop() { queue.async { self.session.stopRunning() } }
-    }
-    """
-    assert checks.start_running_problems(snippet(source))
-
-
-def test_one_request_in_flight_by_semaphore(trees) -> None:
-    assert checks.in_flight_problems(trees) == []
-
-
-def test_in_flight_checker_rejects_a_bool_flag() -> None:
-    source = """
-    final class Classifier {
-        private var isBusy = false
-        func classify() {
-            guard !isBusy else { return }
-            isBusy = true
-        }
-    }
-    """
-    assert len(checks.in_flight_problems(snippet(source))) == 2
-
-
-def test_in_flight_checker_rejects_a_blocking_wait() -> None:
-    source = """
-    let inFlight = DispatchSemaphore(value: 1)
-    func classify() { inFlight.wait() }
-    """
-    assert checks.in_flight_problems(snippet(source)) == [
-        "nothing takes the semaphore with wait(timeout: .now()) to drop frames"
-    ]
-
-
-def test_capture_output_settings(trees) -> None:
-    assert checks.capture_settings_problems(trees) == []
-
-
-def test_capture_settings_checker_catches_queued_frames() -> None:
-    source = """
-    func configure() {
-        output.alwaysDiscardsLateVideoFrames = false
-        let format = kCVPixelFormatType_420YpCbCr8BiPlanarFullRange
-        output.videoSettings = [kCVPixelBufferPixelFormatTypeKey as String: format]
-    }
-    """
-    assert len(checks.capture_settings_problems(snippet(source))) == 2
-
-
-def test_imported_types_are_declared_in_info_plist(trees) -> None:
-    assert checks.imported_type_problems(trees, checks.APP_DIR / "Info.plist") == []
-
-
-def test_imported_type_checker_catches_undeclared_types() -> None:
-    source = 'let t = UTType(importedAs: "com.example.undeclared", conformingTo: .data)'
-    problems = checks.imported_type_problems(snippet(source), checks.APP_DIR / "Info.plist")
-    assert problems and "com.example.undeclared" in problems[0]
-
-
-# --------------------------------------------------------------------------------------------
-# The Xcode project
-# --------------------------------------------------------------------------------------------
-
-
-def test_object_ids_are_unique_and_resolve(project) -> None:
-    assert checks.object_id_problems(project.text) == []
-    raw = checks.raw_objects(project.text)
-    assert len(raw.definitions) == len(project.pbx.objects.get_keys())
-
-
-def test_id_checker_catches_a_duplicated_object(project) -> None:
-    block = object_block(project.text, "Sources")
-    text = project.text.replace(block, block + block)
-    problems = checks.object_id_problems(text)
-    assert len(problems) == 1 and "defined 2 times" in problems[0]
-
-
-def test_id_checker_catches_dangling_and_malformed_ids(project) -> None:
-    target = project.target(checks.TARGET).get_id()
-    listed = f"\t\t\t\t{target} /* MobileNetDemo */,"
-    text = project.text.replace(listed, "\t\t\t\t0123456789ABCDEF01234567,")
-    assert any("refers to no object" in p for p in checks.object_id_problems(text))
-    lower = project.text.replace(target, target.lower())
-    assert any("24 uppercase hex" in p for p in checks.object_id_problems(lower))
-
-
-def test_file_references_resolve_including_the_model(project) -> None:
-    assert checks.file_reference_problems(project) == []
-    model = checks.model_package_path(project, checks.MODEL_NAME)
-    assert model == project.source_root / checks.MODEL_RELPATH.relative_to("ios_demo")
-    assert model.is_dir()
-
-
-def test_reference_checker_catches_a_missing_file(project, tmp_path: Path) -> None:
-    broken = mutated(project, tmp_path, "path = Classifier.swift;", "path = Classifer.swift;")
-    problems = checks.file_reference_problems(broken)
-    assert len(problems) == 1 and "Classifer.swift" in problems[0]
-
-
-def test_reference_checker_needs_the_generated_model() -> None:
-    """The committed tree has no model: the project is unbuildable until it is converted."""
-    pbxproj = checks.XCODEPROJ / "project.pbxproj"
-    bare = checks.load_project(pbxproj, source_root=Path("/nonexistent"))
-    problems = checks.file_reference_problems(bare)
-    assert any("MobileNetV1.mlpackage" in p for p in problems)
-
-
-def test_reference_checker_resolves_source_trees(project, tmp_path: Path) -> None:
-    old = 'path = AppModel.swift; sourceTree = "<group>";'
-    new = "path = MobileNetDemo/App/AppModel.swift; sourceTree = SOURCE_ROOT;"
-    fine = mutated(project, tmp_path, old, new)
-    assert checks.file_reference_problems(fine) == []
-    wrong = mutated(project, tmp_path, old, "path = App/AppModel.swift; sourceTree = SOURCE_ROOT;")
-    assert len(checks.file_reference_problems(wrong)) == 1
-    group = mutated(project, tmp_path, "path = App;", "path = Application;")
-    assert len(checks.file_reference_problems(group)) == 3  # the folder and its two files
-
-
-def test_every_swift_file_is_compiled(project) -> None:
-    assert checks.swift_source_problems(project, checks.TARGET, app_dir(project)) == []
-
-
-def test_swift_source_checker_catches_a_file_left_out(project, tmp_path: Path) -> None:
-    listed = "/* ModelStore.swift in Sources */,"
-    line = next(ln for ln in project.text.splitlines() if listed in ln)
-    broken = mutated(project, tmp_path, line + "\n", "")
-    problems = checks.swift_source_problems(broken, checks.TARGET, app_dir(broken))
-    assert len(problems) == 1 and "ModelStore.swift" in problems[0]
-
-
-def test_model_package_is_a_source(project) -> None:
-    assert checks.model_reference_problems(project, checks.TARGET, checks.MODEL_NAME) == []
-
-
-def test_model_checker_catches_wrong_type_and_phase(project, tmp_path: Path) -> None:
-    wrong_type = mutated(
-        project, tmp_path, "lastKnownFileType = folder.mlpackage;", "lastKnownFileType = folder;"
-    )
-    assert checks.model_reference_problems(wrong_type, checks.TARGET, checks.MODEL_NAME)
-
-    sources = object_block(project.text, "Sources")
-    resources = object_block(project.text, "Resources")
-    model_line = next(ln for ln in sources.splitlines() if "MobileNetV1.mlpackage in Sources" in ln)
-    moved_text = project.text.replace(sources, sources.replace(model_line + "\n", ""))
-    moved_text = moved_text.replace(
-        resources, resources.replace("\t\t\tfiles = (\n", "\t\t\tfiles = (\n" + model_line + "\n")
-    )
-    path = tmp_path / "moved" / checks.XCODEPROJ.name / "project.pbxproj"
-    path.parent.mkdir(parents=True)
-    path.write_text(moved_text, "utf-8")
-    moved = checks.load_project(path, source_root=project.source_root)
-    problems = checks.model_reference_problems(moved, checks.TARGET, checks.MODEL_NAME)
-    assert len(problems) == 2  # not a source, and copied as a resource
-
-
-def test_privacy_strings_in_every_configuration(project) -> None:
-    assert checks.info_plist_problems(project, checks.TARGET) == []
-    settings = checks.effective_settings(project, checks.TARGET)
-    assert set(settings) == {"Debug", "Release"}
-
-
-def test_info_plist_checker_catches_a_missing_key(project, tmp_path: Path) -> None:
-    key = "INFOPLIST_KEY_NSPhotoLibraryUsageDescription"
-    line = next(ln for ln in project.text.splitlines() if key in ln)
-    broken = mutated(project, tmp_path, line + "\n", "")  # only the first (one configuration)
-    problems = checks.info_plist_problems(broken, checks.TARGET)
-    assert len(problems) == 1 and key in problems[0]
-
-
-def test_deployment_target_is_consistent_and_recent(project) -> None:
-    assert checks.deployment_target_problems(project, checks.TARGET) == []
-
-
-def test_deployment_target_checker_catches_drift(project, tmp_path: Path) -> None:
-    setting = "IPHONEOS_DEPLOYMENT_TARGET = 17.0;"
-    drift = mutated(project, tmp_path, setting, "IPHONEOS_DEPLOYMENT_TARGET = 16.4;")
-    problems = checks.deployment_target_problems(drift, checks.TARGET)
-    assert any("differs" in p for p in problems)
-    old = mutated(project, tmp_path, setting, "IPHONEOS_DEPLOYMENT_TARGET = 16.0;", 4)
-    assert any("below 17.0" in p for p in checks.deployment_target_problems(old, checks.TARGET))
-
-
-def test_swift_5_mode(project) -> None:
-    assert checks.swift_settings_problems(project, checks.TARGET) == []
-
-
-def test_swift_settings_checker_catches_swift_6(project, tmp_path: Path) -> None:
-    broken = mutated(project, tmp_path, "SWIFT_VERSION = 5.0;", "SWIFT_VERSION = 6.0;")
-    assert len(checks.swift_settings_problems(broken, checks.TARGET)) == 1
-
-
-def test_explicit_groups_not_synchronized_folders(project) -> None:
-    assert "PBXFileSystemSynchronizedRootGroup" not in project.text
-    assert project.section("PBXGroup")
-
-
-def test_asset_catalog(project) -> None:
-    assert checks.asset_catalog_problems(project, checks.TARGET) == []
-
-
-def test_asset_checker_catches_a_missing_icon(project, tmp_path: Path) -> None:
-    broken = mutated(project, tmp_path, "APPICON_NAME = AppIcon;", "APPICON_NAME = Icon;", 2)
-    assert len(checks.asset_catalog_problems(broken, checks.TARGET)) == 2
-
-
-def test_shared_scheme_points_at_the_app_target(project) -> None:
-    assert checks.SCHEME.is_file()
-    assert checks.scheme_problems(checks.SCHEME, project, checks.TARGET) == []
-
-
-@pytest.mark.parametrize(
-    ("old", "new"),
-    [
-        ('BlueprintIdentifier = "', 'BlueprintIdentifier = "0'),
-        ("container:MobileNetDemo.xcodeproj", "container:Other.xcodeproj"),
-        ('BuildableName = "MobileNetDemo.app"', 'BuildableName = "MobileNet.app"'),
-    ],
-)
-def test_scheme_checker_catches_wrong_references(
-    project, tmp_path: Path, old: str, new: str
-) -> None:
-    scheme = tmp_path / "MobileNetDemo.xcscheme"
-    scheme.write_text(checks.SCHEME.read_text("utf-8").replace(old, new, 1), "utf-8")
-    assert len(checks.scheme_problems(scheme, project, checks.TARGET)) == 1
-
-
-# --------------------------------------------------------------------------------------------
-# The contract between the Swift code and the converted model
-# --------------------------------------------------------------------------------------------
-
-
-def test_converted_model_is_an_image_classifier(spec) -> None:
+def test_converted_model_is_what_vision_needs(spec: checks.ModelSpec) -> None:
     assert checks.model_spec_problems(spec) == []
-    assert spec.inputs == {"image": (TEST_RES, TEST_RES)}
-    assert spec.model_type == "mlProgram"
+    assert spec.inputs == {"image": (128, 128)}
+    assert spec.class_count == 1000
 
 
 def test_swift_code_matches_the_converted_model(trees, spec) -> None:
     assumptions = checks.model_assumptions(trees)
-    assert assumptions.classes == {checks.MODEL_NAME}
+    assert set(assumptions.classes) == {checks.MODEL_NAME}
     assert checks.contract_problems(assumptions, spec, checks.MODEL_NAME) == []
-
-
-def test_class_name_is_the_package_name(project) -> None:
-    model = checks.model_package_path(project, checks.MODEL_NAME)
-    assert model is not None and model.stem == checks.MODEL_NAME
 
 
 def test_contract_checker_catches_wrong_assumptions(spec) -> None:
@@ -546,42 +109,38 @@ def test_contract_checker_catches_wrong_assumptions(spec) -> None:
         let model = try MobileNetV2(configuration: c).model
         let input = model.modelDescription.inputDescriptionsByName["input_1"]
         let output = model.modelDescription.outputDescriptionsByName["classLabelProbs"]
-        let probs = result.featureValue(for: "probabilities")
-        let alpha = meta["mnv1.width"]
-        let info = ModelInfo(name: "x", inputWidth: 224, inputHeight: 224)
+        let probabilities = result.featureValue(for: "probabilities")
+        vision.inputImageFeatureName = "data"
     }
     """
     assumptions = checks.model_assumptions(snippet(source))
-    problems = checks.contract_problems(assumptions, spec, checks.MODEL_NAME)
-    joined = "\n".join(problems)
+    problems = "\n".join(checks.contract_problems(assumptions, spec, checks.MODEL_NAME))
     for expected in (
-        "never loads MobileNetV1(configuration:)",
-        "MobileNetV2(configuration:) has no MobileNetV2.mlpackage",
-        "'input_1'",
-        "'probabilities'",
-        "'mnv1.width'",
-        "hard-codes size 224",
+        "never uses MobileNetV1",
+        "MobileNetV2 is not generated",
+        "input 'input_1'",
+        "feature 'probabilities'",
+        "input 'data'",
         "imageConstraint",
         "classLabels",
     ):
-        assert expected in joined
-    assert "classLabelProbs" not in joined  # that one exists
+        assert expected in problems
+    assert "output 'classLabelProbs'" not in problems  # that output exists
 
 
-def test_contract_checker_catches_a_model_that_is_not_a_classifier(spec) -> None:
+def test_model_checker_catches_a_model_that_is_not_a_classifier() -> None:
     broken = checks.ModelSpec(
-        inputs={"image": (TEST_RES, TEST_RES), "mask": None},
-        outputs={"var_123": "multiArrayType"},
+        inputs={"image": (128, 128), "mask": None},
+        outputs={"var_1": "multiArrayType"},
         predicted_feature="",
         predicted_probabilities="",
-        metadata={},
-        model_type="mlProgram",
+        class_count=0,
     )
     assert len(checks.model_spec_problems(broken)) == 4
 
 
 def test_real_model_if_generated(trees) -> None:
-    """The model a developer converted into the working tree (skipped when there is none)."""
+    """The package converted into the working tree (the macOS workflow makes one)."""
     model = checks.REPO / checks.MODEL_RELPATH
     if not model.is_dir():
         pytest.skip(f"{checks.MODEL_RELPATH} not generated (see ios_demo/README.md)")
@@ -589,3 +148,165 @@ def test_real_model_if_generated(trees) -> None:
     assert checks.model_spec_problems(real) == []
     assumptions = checks.model_assumptions(trees)
     assert checks.contract_problems(assumptions, real, checks.MODEL_NAME) == []
+
+
+# --------------------------------------------------------------------------------------------
+# The Xcode project
+# --------------------------------------------------------------------------------------------
+
+
+def test_object_ids_are_unique_and_defined(project) -> None:
+    assert checks.object_id_problems(project.text) == []
+
+
+def test_id_checker_catches_duplicates_and_dangling_ids(project) -> None:
+    line = next(ln for ln in project.text.splitlines(True) if "/* Classifier.swift */ = {" in ln)
+    doubled = project.text.replace(line, line + line)
+    assert any("defined 2 times" in p for p in checks.object_id_problems(doubled))
+    dangling = project.text.replace(line, "")
+    assert any("refers to no object" in p for p in checks.object_id_problems(dangling))
+
+
+def test_file_references_resolve_including_the_model(project) -> None:
+    assert checks.file_reference_problems(project) == []
+
+
+def test_reference_checker_catches_a_missing_file(project, tmp_path: Path) -> None:
+    broken = mutated(project, tmp_path, "path = Classifier.swift;", "path = Classifer.swift;")
+    assert checks.file_reference_problems(broken) == [
+        f"Classifer.swift -> {project.source_root}/MobileNetDemo/Classification/Classifer.swift"
+        " does not exist"
+    ]
+
+
+def test_the_committed_tree_needs_the_generated_model() -> None:
+    bare = checks.load_project(PBXPROJ)
+    if (checks.REPO / checks.MODEL_RELPATH).exists():
+        pytest.skip("a model is generated in the working tree")
+    assert any("MobileNetV1.mlpackage" in p for p in checks.file_reference_problems(bare))
+
+
+def test_every_file_is_compiled_or_copied(project, demo: Path) -> None:
+    app_dir = demo / checks.APP_DIR.name
+    assert checks.membership_problems(project, app_dir) == []
+    assert (app_dir / "PrivacyInfo.xcprivacy").is_file()
+
+
+@pytest.mark.parametrize(
+    ("line", "expected"),
+    [
+        ("/* ModelStore.swift in Sources */,", "Classification/ModelStore.swift is not compiled"),
+        ("/* PrivacyInfo.xcprivacy in Resources */,", "PrivacyInfo.xcprivacy is not in the Res"),
+        ("/* Assets.xcassets in Resources */,", "Assets.xcassets is not in the Resources phase"),
+        ("/* MobileNetV1.mlpackage in Sources */,", "MobileNetV1.mlpackage is not in the Sources"),
+    ],
+)
+def test_membership_checker_catches_a_file_left_out(
+    project, demo: Path, tmp_path: Path, line: str, expected: str
+) -> None:
+    broken = without_line(project, tmp_path, line)
+    problems = checks.membership_problems(broken, demo / checks.APP_DIR.name)
+    assert len(problems) == 1 and problems[0].startswith(expected), problems
+
+
+def test_membership_checker_catches_a_new_file_not_in_the_project(project, demo, tmp_path) -> None:
+    app_dir = tmp_path / checks.APP_DIR.name
+    shutil.copytree(demo / checks.APP_DIR.name, app_dir, symlinks=True)
+    (app_dir / "Views" / "NewView.swift").write_text("struct NewView {}\n", "utf-8")
+    moved = checks.load_project(demo / checks.XCODEPROJ.name / "project.pbxproj", tmp_path)
+    assert checks.membership_problems(moved, app_dir) == ["Views/NewView.swift is not compiled"]
+
+
+def test_info_plist_has_what_the_app_needs(project, trees) -> None:
+    assert checks.info_plist_problems(project, trees) == []
+    info = plistlib.loads((checks.APP_DIR / "Info.plist").read_bytes())
+    assert info["UIFileSharingEnabled"] is True
+    assert info["LSSupportsOpeningDocumentsInPlace"] is True
+
+
+def test_info_plist_checker_catches_missing_and_forbidden_keys(project, trees, tmp_path) -> None:
+    no_camera = without_line(project, tmp_path, "INFOPLIST_KEY_NSCameraUsageDescription")
+    assert checks.info_plist_problems(no_camera, trees) == [
+        "Debug: Info.plist has no NSCameraUsageDescription (the camera prompt (without it iOS "
+        "kills the app))"
+    ]
+    photos = mutated(
+        project,
+        tmp_path,
+        "INFOPLIST_KEY_NSCameraUsageDescription",
+        'INFOPLIST_KEY_NSPhotoLibraryUsageDescription = "x";\n\t\t\t\t'
+        "INFOPLIST_KEY_NSCameraUsageDescription",
+    )
+    assert checks.info_plist_problems(photos, trees) == [
+        "Debug: Info.plist has NSPhotoLibraryUsageDescription"
+    ]
+
+
+def test_info_plist_checker_reads_the_plist_file(project, trees, tmp_path) -> None:
+    root = tmp_path / "root"
+    shutil.copytree(project.source_root / checks.APP_DIR.name, root / checks.APP_DIR.name)
+    plist = root / checks.APP_DIR.name / "Info.plist"
+    info = plistlib.loads(plist.read_bytes())
+    del info["UIFileSharingEnabled"]
+    info["UTImportedTypeDeclarations"].pop()
+    plist.write_bytes(plistlib.dumps(info))
+    moved = checks.load_project(PBXPROJ, source_root=root)
+    problems = checks.info_plist_problems(moved, trees)
+    assert sum("no UIFileSharingEnabled" in p for p in problems) == 2  # Debug and Release
+    assert sum("'com.apple.coreml.model'" in p for p in problems) == 2
+
+
+def test_privacy_manifest_declares_the_apis_the_app_uses(trees) -> None:
+    assert checks.privacy_manifest_problems(PRIVACY, trees) == []
+    data = plistlib.loads(PRIVACY.read_bytes())
+    [entry] = data["NSPrivacyAccessedAPITypes"]
+    assert entry["NSPrivacyAccessedAPIType"] == "NSPrivacyAccessedAPICategoryFileTimestamp"
+    assert entry["NSPrivacyAccessedAPITypeReasons"] == ["3B52.1"]  # user-picked files
+
+
+def test_privacy_checker_catches_undeclared_apis_and_bad_reasons(trees, tmp_path) -> None:
+    data = plistlib.loads(PRIVACY.read_bytes())
+    data["NSPrivacyAccessedAPITypes"][0]["NSPrivacyAccessedAPITypeReasons"] = ["XXXX.1"]
+    manifest = tmp_path / "PrivacyInfo.xcprivacy"
+    manifest.write_bytes(plistlib.dumps(data))
+    assert any("XXXX.1" in p for p in checks.privacy_manifest_problems(manifest, trees))
+
+    uses_defaults = {**trees, **snippet('let d = UserDefaults.standard.bool(forKey: "k")')}
+    problems = checks.privacy_manifest_problems(PRIVACY, uses_defaults)
+    assert problems == [
+        "the app uses UserDefaults but PrivacyInfo.xcprivacy has no "
+        "NSPrivacyAccessedAPICategoryUserDefaults"
+    ]
+
+
+def test_deployment_target(project) -> None:
+    assert checks.deployment_target_problems(project) == []
+
+
+def test_deployment_target_checker_catches_drift(project, tmp_path: Path) -> None:
+    setting = "IPHONEOS_DEPLOYMENT_TARGET = 17.0;"
+    drift = mutated(project, tmp_path, setting, "IPHONEOS_DEPLOYMENT_TARGET = 18.0;")
+    assert "differs" in checks.deployment_target_problems(drift)[0]
+    low = mutated(project, tmp_path, setting, "IPHONEOS_DEPLOYMENT_TARGET = 16.0;", 4)
+    assert checks.deployment_target_problems(low) == [
+        "IPHONEOS_DEPLOYMENT_TARGET 16.0 is below 17.0"
+    ]
+
+
+def test_strict_concurrency_is_on(project) -> None:
+    settings = checks.build_settings(project)
+    assert {c: s.get("SWIFT_STRICT_CONCURRENCY") for c, s in settings.items()} == {
+        "Debug": "complete",
+        "Release": "complete",
+    }
+
+
+def test_shared_scheme_builds_the_app(project) -> None:
+    assert checks.scheme_problems(checks.SCHEME, project) == []
+
+
+def test_scheme_checker_catches_a_wrong_target(project, tmp_path: Path) -> None:
+    scheme = tmp_path / checks.SCHEME.name
+    text = checks.SCHEME.read_text("utf-8")
+    scheme.write_text(text.replace('BlueprintIdentifier = "', 'BlueprintIdentifier = "0'))
+    assert checks.scheme_problems(scheme, project)

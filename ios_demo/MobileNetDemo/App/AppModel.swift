@@ -8,8 +8,9 @@ import UIKit
 /// Everything the screen shows. It lives on the main actor and only ever changes there.
 ///
 /// The work happens elsewhere: `CameraController` captures on its own queues, `Classifier` runs
-/// Vision on a serial background queue, and `ModelStore` (an actor) loads and compiles models.
-/// Their results come back here with `Task { @MainActor in ... }`.
+/// Vision on a serial background queue, `ModelStore` loads models asynchronously and compiles
+/// imported ones (an actor), and `PhotoDownsampler` decodes photos off the main actor. Their
+/// results come back here with `Task { @MainActor in ... }` or `await`.
 @MainActor
 @Observable
 final class AppModel {
@@ -36,12 +37,14 @@ final class AppModel {
     private(set) var source: Source
     private(set) var cameraStatus: CameraStatus = .starting
     private(set) var modelStatus: ModelStatus = .loading(ModelStore.bundledModelName)
+    /// The top 5: smoothed and updated about ten times a second for the camera, once for a photo.
     private(set) var predictions: [Prediction] = []
     /// Vision's time for one image, smoothed for the camera.
     private(set) var latencyMs: Double?
     /// Classified camera frames per second, smoothed.
     private(set) var framesPerSecond: Double?
     private(set) var inferenceError: String?
+    /// The picked photo, downsampled and upright.
     private(set) var photo: UIImage?
     private(set) var isImporting = false
     private(set) var usesImportedModel = false
@@ -61,8 +64,16 @@ final class AppModel {
 
     @ObservationIgnored private var modelSource: ModelStore.Source = .bundled
     @ObservationIgnored private var activeModelID: UUID?
+    /// Bumped by every load; a load that finds it changed has been superseded.
     @ObservationIgnored private var loadGeneration = 0
-    @ObservationIgnored private var lastFrameResultTime: CFTimeInterval?
+    /// Loads running now. A compute-unit change during one is picked up by that load.
+    @ObservationIgnored private var loadsInFlight = 0
+    /// Identifies the photo on screen, so a late result for an earlier photo is dropped.
+    @ObservationIgnored private var photoGeneration = 0
+    /// What `photo` shows, kept for Vision (again after a model change).
+    @ObservationIgnored private var photoInput: DownsampledPhoto?
+    @ObservationIgnored private var smoother = PredictionSmoother()
+    @ObservationIgnored private var lastFrameResultTime: ContinuousClock.Instant?
     @ObservationIgnored private var hasStarted = false
     @ObservationIgnored private var isStartingCamera = false
 
@@ -80,14 +91,12 @@ final class AppModel {
         #endif
 
         camera.setEventHandler { [weak self] event in
-            guard let self else { return }
-            Task { @MainActor in self.handle(event) }
+            Task { @MainActor in self?.handle(event) }
         }
         let classifier = self.classifier
         camera.setFrameHandler { [weak self] pixelBuffer, orientation in
-            guard let self else { return }
             classifier.classifyFrame(pixelBuffer, orientation: orientation) { result in
-                Task { @MainActor in self.handleFrameResult(result) }
+                Task { @MainActor in self?.handleFrameResult(result) }
             }
         }
     }
@@ -109,7 +118,7 @@ final class AppModel {
         if hasCamera {
             Task { await startCamera() }
         }
-        await loadModel()
+        await reloadModel()
     }
 
     /// Capture stops in the background and resumes when the app is active again.
@@ -121,6 +130,7 @@ final class AppModel {
         case .background:
             camera.stop()
             lastFrameResultTime = nil
+            smoother.reset()
         case .inactive:
             break
         @unknown default:
@@ -174,8 +184,10 @@ final class AppModel {
     /// Back from a photo to the live camera.
     func useCamera() {
         guard hasCamera else { return }
+        photoGeneration += 1  // a photo still loading must not take over
         source = .camera
         photo = nil
+        photoInput = nil
         resetResults()
         Task { await startCamera() }
     }
@@ -193,18 +205,25 @@ final class AppModel {
         }
     }
 
+    /// Each classified frame feeds the smoother; the list on screen changes only when the
+    /// smoother publishes (about 10 Hz), so the labels stay readable.
     private func handleFrameResult(_ result: Result<Classification, Error>) {
         guard source == .camera else { return }
         switch result {
         case .success(let classification):
             // A frame that was in flight while the model changed belongs to the old model.
             guard classification.modelID == activeModelID else { return }
-            predictions = classification.predictions
+            let now = ContinuousClock.now
+            if let published = smoother.add(classification.predictions, at: now) {
+                predictions = published
+            }
             latencyMs = Self.smoothed(latencyMs, classification.latencyMs)
             inferenceError = nil
-            let now = CACurrentMediaTime()
-            if let last = lastFrameResultTime, now > last {
-                framesPerSecond = Self.smoothed(framesPerSecond, 1 / (now - last))
+            if let last = lastFrameResultTime {
+                let seconds = Self.seconds(last.duration(to: now))
+                if seconds > 0 {
+                    framesPerSecond = Self.smoothed(framesPerSecond, 1 / seconds)
+                }
             }
             lastFrameResultTime = now
         case .failure(let error):
@@ -218,49 +237,73 @@ final class AppModel {
         return old * 0.8 + new * 0.2
     }
 
+    private static func seconds(_ duration: Duration) -> Double {
+        Double(duration.components.seconds) + Double(duration.components.attoseconds) / 1e18
+    }
+
     private func resetResults() {
         predictions = []
         latencyMs = nil
         framesPerSecond = nil
         inferenceError = nil
         lastFrameResultTime = nil
+        smoother.reset()
     }
 
     // MARK: - Photos
 
-    /// Loads a photo picked with `PhotosPicker` and classifies it.
-    func classifyPhoto(from item: PhotosPickerItem) async {
+    /// A photo was picked with `PhotosPicker`: load it, downsample it and classify it.
+    func photoPicked(_ item: PhotosPickerItem) {
+        let picked = PickedItem(item: item)
+        Task { await classifyPhoto(picked) }
+    }
+
+    private func classifyPhoto(_ picked: PickedItem) async {
+        photoGeneration += 1
+        let generation = photoGeneration
         do {
-            guard let data = try await item.loadTransferable(type: Data.self),
-                  let image = UIImage(data: data)
-            else {
-                presentAlert("The selected item could not be read as an image.")
-                return
-            }
-            await classify(photo: image)
+            let downsampled = try await Self.loadPhoto(picked)
+            // Another photo may have been picked while this one loaded.
+            guard generation == photoGeneration else { return }
+            source = .photo
+            photoInput = downsampled
+            photo = UIImage(cgImage: downsampled.image)
+            camera.stop()
+            resetResults()
+            await classifyCurrentPhoto()
         } catch {
+            guard generation == photoGeneration else { return }
             presentAlert("Could not load the photo: \(error.localizedDescription)")
         }
     }
 
-    private func classify(photo image: UIImage) async {
-        source = .photo
-        photo = image
-        camera.stop()
-        resetResults()
-        guard let cgImage = image.cgImage else {
-            presentAlert("This image has no bitmap to classify.")
-            return
+    /// `PhotosPickerItem` is not `Sendable` in the iOS 17 SDK, and `loadTransferable` runs off
+    /// the main actor. The item is an immutable value (an item identifier and content types)
+    /// that the picker hands over and the app never mutates; it crosses once, here.
+    private struct PickedItem: @unchecked Sendable {
+        let item: PhotosPickerItem
+    }
+
+    /// Off the main actor: the transfer and the decode (tens of ms for a large photo).
+    private nonisolated static func loadPhoto(_ picked: PickedItem) async throws -> DownsampledPhoto {
+        guard let data = try await picked.item.loadTransferable(type: Data.self) else {
+            throw PhotoDownsamplerError.notAnImage
         }
-        let orientation = CGImagePropertyOrientation(image.imageOrientation)
+        return try await PhotoDownsampler.downsample(data)
+    }
+
+    private func classifyCurrentPhoto() async {
+        guard source == .photo, let input = photoInput else { return }
+        let generation = photoGeneration
         do {
-            let classification = try await classifier.classify(cgImage, orientation: orientation)
+            let classification = try await classifier.classify(input)
             // Another photo, the camera or another model may have taken over meanwhile.
-            guard source == .photo, photo === image, classification.modelID == activeModelID else {
-                return
-            }
-            predictions = classification.predictions
+            guard source == .photo, generation == photoGeneration,
+                  classification.modelID == activeModelID
+            else { return }
+            predictions = Array(classification.predictions.prefix(smoother.shownCount))
             latencyMs = classification.latencyMs
+            inferenceError = nil
         } catch {
             inferenceError = error.localizedDescription
         }
@@ -268,16 +311,19 @@ final class AppModel {
 
     // MARK: - Models
 
-    /// The picker changed: Core ML fixes compute units at load time, so load again.
+    /// The picker changed: Core ML fixes compute units at load time, so load again. A load
+    /// already running (an import's, say) checks the choice when it finishes and loads again
+    /// itself, so it never installs a model with the old setting.
     func computeUnitsChanged() {
-        Task { await loadModel() }
+        guard loadsInFlight == 0 else { return }
+        Task { await reloadModel() }
     }
 
     /// Back from an imported model to the one in the app bundle.
     func useBundledModel() {
         modelSource = .bundled
         usesImportedModel = false
-        Task { await loadModel() }
+        Task { await reloadModel() }
     }
 
     /// Compiles (or takes from the cache) and loads a model picked in Files. The current model
@@ -287,32 +333,70 @@ final class AppModel {
         defer { isImporting = false }
         do {
             let source = try await store.compiledSource(forImportedModelAt: url)
-            let loaded = try await store.load(source, computeUnits: computeUnits.mlComputeUnits)
-            loadGeneration += 1
-            modelSource = source
-            usesImportedModel = true
-            install(loaded)
+            try await load(source)
+        } catch is CancellationError {
+            return
         } catch {
             presentAlert("\(url.lastPathComponent) cannot be used: \(error.localizedDescription)")
+            // A reload this import superseded (another compute-unit choice) never finished:
+            // do it now, so the current model runs with the units the picker shows.
+            if case .loading = modelStatus {
+                await reloadModel()
+            }
         }
     }
 
-    private func loadModel() async {
-        loadGeneration += 1
-        let generation = loadGeneration
+    /// (Re)loads the current source, showing progress; on failure the screen says why.
+    private func reloadModel() async {
         let source = modelSource
         modelStatus = .loading(source.displayName)
         do {
-            let loaded = try await store.load(source, computeUnits: computeUnits.mlComputeUnits)
-            // A newer load (another compute-unit choice, an import) has won meanwhile.
-            guard generation == loadGeneration else { return }
-            install(loaded)
+            try await load(source)
+        } catch is CancellationError {
+            return
         } catch {
-            guard generation == loadGeneration else { return }
             classifier.use(nil)
             activeModelID = nil
             resetResults()
             modelStatus = .failed(error.localizedDescription)
+        }
+    }
+
+    /// Loads `source` with the compute units chosen when the load ends, and installs it.
+    ///
+    /// Throws `CancellationError` when a newer load superseded this one (nothing is installed).
+    /// When the compute-unit choice changed while Core ML was loading, the model is loaded again
+    /// with the new choice before anything is installed.
+    private func load(_ source: ModelStore.Source) async throws {
+        loadGeneration += 1
+        let generation = loadGeneration
+        loadsInFlight += 1
+        defer { loadsInFlight -= 1 }
+        var units = computeUnits
+        while true {
+            let loaded: LoadedModel
+            do {
+                loaded = try await ModelStore.load(source, computeUnits: units.mlComputeUnits)
+            } catch {
+                // A superseded load's failure is not news: the newer load reports its own.
+                guard generation == loadGeneration else { throw CancellationError() }
+                // The picker changed while this load failed: the failure belongs to the old
+                // setting (a model one compute unit rejects, say). Try the one the picker shows
+                // rather than report an error for a setting that is no longer chosen.
+                if units != computeUnits {
+                    units = computeUnits
+                    continue
+                }
+                throw error
+            }
+            guard generation == loadGeneration else { throw CancellationError() }
+            if units == computeUnits {
+                modelSource = source
+                usesImportedModel = source != .bundled
+                install(loaded)
+                return
+            }
+            units = computeUnits
         }
     }
 
@@ -321,8 +405,8 @@ final class AppModel {
         activeModelID = loaded.id
         modelStatus = .ready(loaded.info)
         resetResults()
-        if source == .photo, let photo {
-            Task { await classify(photo: photo) }
+        if source == .photo, photoInput != nil {
+            Task { await classifyCurrentPhoto() }
         }
     }
 

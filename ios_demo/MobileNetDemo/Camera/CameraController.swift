@@ -248,14 +248,19 @@ final class CameraController: NSObject, @unchecked Sendable {
         rotationCoordinator = coordinator
         applyPreviewRotation(coordinator.videoRotationAngleForHorizonLevelPreview)
         setCaptureRotation(coordinator.videoRotationAngleForHorizonLevelCapture)
+        // The coordinator delivers its KVO notifications on the main queue (AVFoundation
+        // documents this), so the preview angle is applied right there, in the same turn of
+        // the run loop: hopping through `Task { @MainActor in ... }` would draw one frame with
+        // the old rotation. The handlers are `@Sendable` (KVO does not promise an isolation),
+        // and `MainActor.assumeIsolated` states, and checks at run time, where they run.
         rotationObservations = [
             coordinator.observe(\.videoRotationAngleForHorizonLevelPreview, options: .new) {
-                [weak self] _, change in
+                @Sendable [weak self] _, change in
                 guard let self, let angle = change.newValue else { return }
-                Task { @MainActor in self.applyPreviewRotation(angle) }
+                MainActor.assumeIsolated { self.applyPreviewRotation(angle) }
             },
             coordinator.observe(\.videoRotationAngleForHorizonLevelCapture, options: .new) {
-                [weak self] _, change in
+                @Sendable [weak self] _, change in
                 guard let self, let angle = change.newValue else { return }
                 self.setCaptureRotation(angle)
             },

@@ -1,3 +1,4 @@
+import CoreGraphics
 import CoreML
 import CoreVideo
 import Foundation
@@ -14,6 +15,8 @@ struct Prediction: Identifiable, Hashable, Sendable {
 
 /// The top predictions for one image, how long Vision took, and which model produced them.
 struct Classification: Sendable {
+    /// The most likely labels, best first: at most `Classifier.reportedCount`, fewer when the
+    /// model has fewer classes.
     let predictions: [Prediction]
     let latencyMs: Double
     let modelID: UUID
@@ -26,7 +29,8 @@ final class LoadedModel: @unchecked Sendable {
     let info: ModelInfo
     let computeUnits: MLComputeUnits
     /// Immutable after init. Each request is created and performed on the classifier's serial
-    /// queue, so the model is never used by two requests at once.
+    /// queue (or, once, by `ModelStore`'s warm-up before the model is handed out), so the model
+    /// is never used by two requests at once.
     let visionModel: VNCoreMLModel
 
     init(model: MLModel, name: String, computeUnits: MLComputeUnits) throws {
@@ -53,6 +57,30 @@ enum ClassifierError: LocalizedError {
     }
 }
 
+/// An image handed from the thread that produced it to the inference queue.
+///
+/// `CVPixelBuffer` and `CGImage` are not `Sendable`. The ownership is clear: the sender (the
+/// capture queue, or the main actor for a photo) never touches the image after handing it over,
+/// and Vision only reads it. That is what makes the `@unchecked Sendable` true.
+struct VisionInput: @unchecked Sendable {
+    enum Image {
+        case pixelBuffer(CVPixelBuffer)
+        case cgImage(CGImage)
+    }
+
+    let image: Image
+    let orientation: CGImagePropertyOrientation
+
+    func makeHandler() -> VNImageRequestHandler {
+        switch image {
+        case .pixelBuffer(let buffer):
+            return VNImageRequestHandler(cvPixelBuffer: buffer, orientation: orientation, options: [:])
+        case .cgImage(let image):
+            return VNImageRequestHandler(cgImage: image, orientation: orientation, options: [:])
+        }
+    }
+}
+
 /// Runs Vision on a serial background queue.
 ///
 /// Camera frames: at most one request is in flight. `inFlight` is taken without waiting on the
@@ -60,9 +88,14 @@ enum ClassifierError: LocalizedError {
 /// never lag behind the camera and only one pixel buffer is held at a time. Still images wait
 /// their turn on the same serial queue instead of being dropped.
 final class Classifier: @unchecked Sendable {
-    static let topK = 5
+    /// How many of the best labels each result carries: enough for the smoother to see a label
+    /// rising before it reaches the top 5 on screen.
+    static let reportedCount = 10
 
-    private let queue = DispatchQueue(label: "MobileNetDemo.inference", qos: .userInitiated)
+    /// `.workItem`: Vision autoreleases about a thousand observations per frame; draining the
+    /// pool after each request keeps memory flat at 30 frames a second.
+    private let queue = DispatchQueue(
+        label: "MobileNetDemo.inference", qos: .userInitiated, autoreleaseFrequency: .workItem)
     private let inFlight = DispatchSemaphore(value: 1)
     private let lock = NSLock()
     private var model: LoadedModel?  // guarded by lock
@@ -91,48 +124,62 @@ final class Classifier: @unchecked Sendable {
             inFlight.signal()
             return false
         }
+        let input = VisionInput(image: .pixelBuffer(pixelBuffer), orientation: orientation)
         queue.async {
             defer { self.inFlight.signal() }
-            let handler = VNImageRequestHandler(
-                cvPixelBuffer: pixelBuffer, orientation: orientation, options: [:])
-            completion(Result { try Self.classify(handler, with: model) })
+            completion(Result { try Self.classify(input, with: model) })
         }
         return true
     }
 
-    /// Classifies a still image (a photo from the library) with its EXIF orientation.
-    func classify(
-        _ image: CGImage, orientation: CGImagePropertyOrientation
-    ) async throws -> Classification {
+    /// Classifies a still photo. It is upright already: the thumbnail applied its EXIF
+    /// orientation.
+    func classify(_ photo: DownsampledPhoto) async throws -> Classification {
         guard let model = currentModel else {
             throw ClassifierError.noModel
         }
+        let input = VisionInput(image: .cgImage(photo.image), orientation: .up)
         return try await withCheckedThrowingContinuation { continuation in
             queue.async {
-                let handler = VNImageRequestHandler(
-                    cgImage: image, orientation: orientation, options: [:])
-                continuation.resume(with: Result { try Self.classify(handler, with: model) })
+                continuation.resume(with: Result { try Self.classify(input, with: model) })
             }
         }
     }
 
-    private static func classify(
-        _ handler: VNImageRequestHandler, with model: LoadedModel
-    ) throws -> Classification {
+    /// One request through the same path the camera uses, on a blank buffer of the model's input
+    /// size: the first Core ML prediction after a load (Neural Engine compilation, buffer
+    /// allocation) is many times slower than the rest, and must not be the first latency shown.
+    static func warmUp(_ model: LoadedModel) throws {
+        var buffer: CVPixelBuffer?
+        let status = CVPixelBufferCreate(
+            kCFAllocatorDefault, model.info.inputWidth, model.info.inputHeight,
+            kCVPixelFormatType_32BGRA, nil, &buffer)
+        guard status == kCVReturnSuccess, let buffer else { return }
+        _ = try autoreleasepool {
+            try classify(VisionInput(image: .pixelBuffer(buffer), orientation: .up), with: model)
+        }
+    }
+
+    private static func classify(_ input: VisionInput, with model: LoadedModel) throws -> Classification {
         let request = VNCoreMLRequest(model: model.visionModel)
         // The model sees the centered square of the image, scaled to its input size: no
-        // stretching, the same framing a photo app's square crop gives. The camera preview
-        // outlines that square.
+        // stretching, the same framing a photo app's square crop gives. The camera preview and
+        // the photo view outline that square.
         request.imageCropAndScaleOption = .centerCrop
-        let start = DispatchTime.now().uptimeNanoseconds
+        let handler = input.makeHandler()
+        let clock = ContinuousClock()
+        let start = clock.now
         try handler.perform([request])
-        let latencyMs = Double(DispatchTime.now().uptimeNanoseconds - start) / 1_000_000
+        let elapsed = start.duration(to: clock.now)
+        let latencyMs = Double(elapsed.components.seconds) * 1_000
+            + Double(elapsed.components.attoseconds) / 1e15
         guard let observations = request.results as? [VNClassificationObservation] else {
             throw ClassifierError.notClassifications
         }
+        // Whatever labels the model has, however many: a 3-class model yields 3 predictions.
         let top = observations
             .sorted { $0.confidence > $1.confidence }
-            .prefix(topK)
+            .prefix(reportedCount)
             .map { Prediction(label: $0.identifier, confidence: Double($0.confidence)) }
         return Classification(predictions: top, latencyMs: latencyMs, modelID: model.id)
     }

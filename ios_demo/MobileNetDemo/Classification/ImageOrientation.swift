@@ -1,26 +1,7 @@
 import CoreGraphics
 import ImageIO
-import UIKit
 
 extension CGImagePropertyOrientation {
-    /// The EXIF orientation of a `UIImage`'s `cgImage`.
-    ///
-    /// `UIImage(data:)` keeps the pixels as stored and records the EXIF orientation in
-    /// `imageOrientation`; Vision needs that orientation to see the picture upright.
-    init(_ orientation: UIImage.Orientation) {
-        switch orientation {
-        case .up: self = .up
-        case .upMirrored: self = .upMirrored
-        case .down: self = .down
-        case .downMirrored: self = .downMirrored
-        case .left: self = .left
-        case .leftMirrored: self = .leftMirrored
-        case .right: self = .right
-        case .rightMirrored: self = .rightMirrored
-        @unknown default: self = .up
-        }
-    }
-
     /// The orientation of a raw (unrotated) back-camera buffer, given the clockwise rotation in
     /// degrees that would make it level: `AVCaptureDevice.RotationCoordinator`'s
     /// `videoRotationAngleForHorizonLevelCapture`.

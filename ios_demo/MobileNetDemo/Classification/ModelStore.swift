@@ -22,7 +22,10 @@ enum ModelStoreError: LocalizedError {
 }
 
 /// Loads models off the main actor: the bundled `MobileNetV1`, or one the user picked in Files,
-/// compiled on the device and cached.
+/// compiled on the device and cached. An actor is reentrant at every `await` (the coordinated
+/// read, the compilation), so it does not by itself keep two imports apart: the app starts one
+/// import at a time (the Model menu is disabled while `AppModel.isImporting`), which is what
+/// keeps two imports from writing the cache at once.
 actor ModelStore {
     /// Where a model comes from. Reloading a source with other compute units never recompiles.
     enum Source: Equatable, Sendable {
@@ -40,31 +43,42 @@ actor ModelStore {
     static let importableTypes: [UTType] = [.coreMLPackage, .coreMLModel]
 
     /// Xcode compiles `MobileNetV1.mlpackage` (it is in the target's Sources phase) into the app
-    /// bundle and generates the `MobileNetV1` class from it.
+    /// bundle as `MobileNetV1.mlmodelc` and generates the `MobileNetV1` class from it.
     static let bundledModelName = String(describing: MobileNetV1.self)
 
     private static let cacheFolderName = "CompiledModels"
 
-    /// Loads a model and wraps it for Vision. Throws when it is not an image classifier.
-    func load(_ source: Source, computeUnits: MLComputeUnits) throws -> LoadedModel {
+    /// Loads a model asynchronously, wraps it for Vision and runs one warm-up prediction.
+    /// Throws when it is not an image classifier.
+    ///
+    /// `MLModel.load(contentsOf:configuration:)` does not block a thread while Core ML prepares
+    /// the model, which for the Neural Engine can take seconds on the first load. Static, so not
+    /// isolated to the actor: loads (another compute-unit choice) need not wait for an import.
+    static func load(_ source: Source, computeUnits: MLComputeUnits) async throws -> LoadedModel {
         let configuration = MLModelConfiguration()
         configuration.computeUnits = computeUnits
+        let url: URL
         switch source {
         case .bundled:
-            let model = try MobileNetV1(configuration: configuration).model
-            return try LoadedModel(model: model, name: Self.bundledModelName, computeUnits: computeUnits)
-        case .compiled(let url, let name):
-            let model = try MLModel(contentsOf: url, configuration: configuration)
-            return try LoadedModel(model: model, name: name, computeUnits: computeUnits)
+            // The generated class knows where Xcode put the compiled model.
+            url = MobileNetV1.urlOfModelInThisBundle
+        case .compiled(let compiledURL, _):
+            url = compiledURL
         }
+        let model = try await MLModel.load(contentsOf: url, configuration: configuration)
+        let loaded = try LoadedModel(model: model, name: source.displayName, computeUnits: computeUnits)
+        try Classifier.warmUp(loaded)
+        return loaded
     }
 
     /// Compiles a `.mlpackage` or `.mlmodel` picked in Files, or reuses the compiled copy cached
     /// under Application Support, keyed by the file's name and modification date.
     ///
     /// The URL comes from `.fileImporter`, outside the app's sandbox: it is readable only between
-    /// `startAccessingSecurityScopedResource()` and `stopAccessingSecurityScopedResource()`, which
-    /// spans the whole (asynchronous) compilation.
+    /// `startAccessingSecurityScopedResource()` and `stopAccessingSecurityScopedResource()`. It
+    /// may live in iCloud Drive or another file provider, not yet (or not fully) downloaded, so
+    /// it is read through `NSFileCoordinator`, which makes the provider deliver the whole package
+    /// first, and copied while coordinated; Core ML compiles the local copy.
     func compiledSource(forImportedModelAt url: URL) async throws -> Source {
         let isScoped = url.startAccessingSecurityScopedResource()
         defer {
@@ -74,28 +88,68 @@ actor ModelStore {
         }
 
         let name = url.deletingPathExtension().lastPathComponent
-        let modified: Date
-        do {
-            let values = try url.resourceValues(forKeys: [.contentModificationDateKey])
-            modified = values.contentModificationDate ?? Date(timeIntervalSince1970: 0)
-        } catch {
-            throw ModelStoreError.cannotReadFile(url.lastPathComponent, underlying: error)
-        }
-
         let directory = try Self.cacheDirectory()
-        let cached = directory.appendingPathComponent(
-            Self.cacheKey(name: name, modified: modified), isDirectory: true)
-        let fileManager = FileManager.default
-        if !fileManager.fileExists(atPath: cached.path) {
-            // Compiles on a background thread; the result lands in a temporary directory.
-            let compiled = try await MLModel.compileModel(at: url)
-            if fileManager.fileExists(atPath: cached.path) {
-                try fileManager.removeItem(at: cached)
-            }
-            try fileManager.moveItem(at: compiled, to: cached)
-            Self.removeOtherVersions(of: name, keeping: cached, in: directory)
+        let staging = FileManager.default.temporaryDirectory
+            .appendingPathComponent(UUID().uuidString, isDirectory: true)
+        defer { try? FileManager.default.removeItem(at: staging) }
+
+        let cached = try await Self.coordinatedCopy(of: url, name: name, cacheDirectory: directory, to: staging)
+        guard let local = cached.copy else {
+            return .compiled(url: cached.entry, name: name)
         }
-        return .compiled(url: cached, name: name)
+        // Compiles on a background thread; the result lands in a temporary directory.
+        let compiled = try await MLModel.compileModel(at: local)
+        let fileManager = FileManager.default
+        if fileManager.fileExists(atPath: cached.entry.path) {
+            try fileManager.removeItem(at: cached.entry)
+        }
+        try fileManager.moveItem(at: compiled, to: cached.entry)
+        Self.removeOtherVersions(of: name, keeping: cached.entry, in: directory)
+        return .compiled(url: cached.entry, name: name)
+    }
+
+    /// The cache entry for the picked file, and a local copy of it when that entry does not
+    /// exist yet.
+    private struct CoordinatedRead: Sendable {
+        let entry: URL
+        let copy: URL?
+    }
+
+    /// Reads the modification date and, on a cache miss, copies the file, all inside one
+    /// coordinated read. The coordinator blocks while the provider downloads, so it runs on a
+    /// dispatch queue rather than on one of Swift concurrency's few threads.
+    private static func coordinatedCopy(
+        of url: URL, name: String, cacheDirectory: URL, to staging: URL
+    ) async throws -> CoordinatedRead {
+        try await withCheckedThrowingContinuation { continuation in
+            DispatchQueue.global(qos: .userInitiated).async {
+                var coordinationError: NSError?
+                var result: Result<CoordinatedRead, Error> = .failure(CocoaError(.fileReadUnknown))
+                NSFileCoordinator(filePresenter: nil).coordinate(
+                    readingItemAt: url, options: [], error: &coordinationError
+                ) { readableURL in
+                    result = Result {
+                        let values = try readableURL.resourceValues(forKeys: [.contentModificationDateKey])
+                        let modified = values.contentModificationDate ?? Date(timeIntervalSince1970: 0)
+                        let entry = cacheDirectory.appendingPathComponent(
+                            cacheKey(name: name, modified: modified), isDirectory: true)
+                        if FileManager.default.fileExists(atPath: entry.path) {
+                            return CoordinatedRead(entry: entry, copy: nil)
+                        }
+                        try FileManager.default.createDirectory(at: staging, withIntermediateDirectories: true)
+                        let copy = staging.appendingPathComponent(readableURL.lastPathComponent)
+                        try FileManager.default.copyItem(at: readableURL, to: copy)
+                        return CoordinatedRead(entry: entry, copy: copy)
+                    }
+                }
+                if let coordinationError {
+                    result = .failure(coordinationError)
+                }
+                continuation.resume(with: result.mapError {
+                    ModelStoreError.cannotReadFile(url.lastPathComponent, underlying: $0)
+                })
+            }
+        }
     }
 
     /// `<name>@<modification time>.mlmodelc`: a changed file gets a new entry, an unchanged one

@@ -41,7 +41,7 @@ struct ContentView: View {
         .onChange(of: photoItem) { _, item in
             guard let item else { return }
             photoItem = nil
-            Task { [model] in await model.classifyPhoto(from: item) }
+            model.photoPicked(item)
         }
         .fileImporter(
             isPresented: $isImporterPresented,
@@ -69,6 +69,7 @@ struct ContentView: View {
                 Image(uiImage: photo)
                     .resizable()
                     .scaledToFit()
+                    .overlay { CenterSquareOutline() }
                     .accessibilityLabel("The photo being classified")
             } else {
                 MessageView(
@@ -110,6 +111,24 @@ struct ContentView: View {
         case .photo:
             return model.photo == nil ? "Pick a photo to classify." : "Classifying…"
         }
+    }
+}
+
+/// The dashed outline of the centered square of whatever it overlays: laid over a photo shown
+/// `scaledToFit`, it marks exactly what Vision's `.centerCrop` gives the model, as the camera
+/// preview's outline does for frames.
+@MainActor
+struct CenterSquareOutline: View {
+    var body: some View {
+        GeometryReader { geometry in
+            let side = min(geometry.size.width, geometry.size.height)
+            Rectangle()
+                .stroke(.white.opacity(0.75), style: StrokeStyle(lineWidth: 2, dash: [10, 6]))
+                .frame(width: side, height: side)
+                .position(x: geometry.size.width / 2, y: geometry.size.height / 2)
+        }
+        .allowsHitTesting(false)
+        .accessibilityHidden(true)
     }
 }
 

@@ -27,7 +27,8 @@ struct PredictionsPanel: View {
             case .ready(let info):
                 if info.hasRandomWeights {
                     Label(
-                        "Random weights: the labels are meaningless. Convert with --weights imagenet.",
+                        "Random weights: the labels are meaningless. Convert real weights "
+                            + "(ImageNet or your own checkpoint) to see real predictions.",
                         systemImage: "dice")
                         .font(.caption)
                         .foregroundStyle(.orange)
@@ -50,7 +51,8 @@ struct PredictionsPanel: View {
         .padding(14)
         .frame(maxWidth: 560, alignment: .leading)
         .background(.ultraThinMaterial, in: RoundedRectangle(cornerRadius: 16))
-        .animation(.easeOut(duration: 0.15), value: predictions)
+        // No animation of the list: it changes about ten times a second, and sliding rows
+        // would make the labels harder to read, not easier.
     }
 
     private var header: some View {
@@ -138,19 +140,19 @@ struct ConfidenceBar: View {
 #Preview("Top 5") {
     PredictionsPanel(
         status: .ready(ModelInfo(
-            name: "MobileNetV1",
+            name: "FlowerClassifier",
             imageInputName: "image",
             inputWidth: 224,
             inputHeight: 224,
-            classLabels: Array(repeating: "class", count: 1000),
-            details: "alpha 1.0 · imagenet weights · fp16",
+            classLabels: ["daisy", "dandelion", "rose", "sunflower", "tulip", "iris", "lily"],
+            details: "alpha 0.5 · your weights · fp16",
             hasRandomWeights: false)),
         predictions: [
-            Prediction(label: "golden retriever", confidence: 0.71),
-            Prediction(label: "Labrador retriever", confidence: 0.12),
-            Prediction(label: "tennis ball", confidence: 0.06),
-            Prediction(label: "kuvasz", confidence: 0.03),
-            Prediction(label: "cocker spaniel", confidence: 0.02),
+            Prediction(label: "sunflower", confidence: 0.71),
+            Prediction(label: "daisy", confidence: 0.12),
+            Prediction(label: "dandelion", confidence: 0.06),
+            Prediction(label: "tulip", confidence: 0.03),
+            Prediction(label: "rose", confidence: 0.02),
         ],
         latencyMs: 4.2,
         framesPerSecond: 29.7,
