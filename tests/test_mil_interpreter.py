@@ -178,7 +178,7 @@ def test_batch_equals_one_at_a_time(key, models, images):
     for name in (model.logits_name, "classLabel_probs"):
         stacked = np.concatenate([s[name] for s in single])
         assert batched[name].shape == stacked.shape and batched[name].dtype == stacked.dtype
-        np.testing.assert_array_equal(batched[name], stacked)  # bit for bit (ops.per_sample)
+        np.testing.assert_array_equal(batched[name], stacked)  # bit for bit (convs per sample)
 
 
 def test_batched_reshape_keeps_samples_apart(tmp_path):
@@ -214,12 +214,10 @@ def test_batched_matmul_slices_only_the_batch_operand():
     np.testing.assert_allclose(b, np.matmul(y, z), atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["softmax0", "flatten", "transpose"])
-def test_batch_mixing_program_runs_one_sample_at_a_time(kind):
+@pytest.mark.parametrize("kind", ["flatten", "transpose"])
+def test_batch_moving_program_runs_one_sample_at_a_time(kind):
     @mb.program(input_specs=[mb.TensorSpec(shape=(1, 6))])
     def prog(x):
-        if kind == "softmax0":
-            return mb.softmax(x=mb.expand_dims(x=x, axes=[0]), axis=0)  # (1, 1, 6) over dim 0
         if kind == "flatten":
             return mb.reshape(x=x, shape=[6])
         return mb.transpose(x=x, perm=[1, 0])
@@ -229,12 +227,44 @@ def test_batch_mixing_program_runs_one_sample_at_a_time(kind):
     x = np.random.default_rng(2).standard_normal((4, 6)).astype(np.float32)
     (out,) = model.run({"x": x}).values()
     singles = [next(iter(model.run({"x": x[i : i + 1]}).values())) for i in range(4)]
-    if kind == "softmax0":  # output keeps a leading 1: samples are concatenated on it
-        assert out.shape == (4, 1, 6)
-        np.testing.assert_array_equal(out, np.concatenate(singles))
-    else:  # no batch dim left: samples are stacked
-        assert out.shape == (4, *singles[0].shape)
-        np.testing.assert_array_equal(out, np.stack(singles))
+    assert out.shape == (4, *singles[0].shape)  # no batch dim left: samples are stacked
+    np.testing.assert_array_equal(out, np.stack(singles))
+
+
+def test_batch_mixing_op_runs_per_sample_inside_a_batched_run():
+    """A softmax over dim 0 (its batch rule refuses) runs sample by sample on slices while
+    the ops around it take all samples at once."""
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 6))])
+    def prog(x):
+        y = mb.softmax(x=mb.expand_dims(x=mb.relu(x=x), axes=[1]), axis=0)  # (1, 1, 6)
+        return mb.softmax(x=mb.add(x=y, y=mb.expand_dims(x=x, axes=[1])), axis=-1)
+
+    model = ReferenceModel.from_program(prog)
+    assert model.batch_plan.vectorised
+    per_step = [(s.op.op_type, s.vectorised) for s in model._steps]
+    assert per_step == [("relu", True), ("expand_dims", True), ("softmax", False),
+                        ("expand_dims", True), ("add", True), ("softmax", True)]
+    x = np.random.default_rng(2).standard_normal((4, 6)).astype(np.float32)
+    (out,) = model.run({"x": x}).values()
+    singles = [next(iter(model.run({"x": x[i : i + 1]}).values())) for i in range(4)]
+    assert out.shape == (4, 1, 6)  # the leading 1 carries the samples
+    np.testing.assert_array_equal(out, np.concatenate(singles))
+    # softmax over a size-1 dim is 1 everywhere; mixing the samples would have made it 1/4
+    y = model.run({"x": x}, outputs=[model._steps[2].outputs[0].name])
+    np.testing.assert_array_equal(next(iter(y.values())), np.ones((4, 1, 6), np.float32))
+
+
+def test_every_op_declares_its_batch_rule_and_the_default_is_per_sample():
+    from mnv1_coreml.mil import ops
+
+    assert ops.KernelSpec(lambda a: None).batch is None  # no rule: per sample
+    with pytest.raises(TypeError):  # registering without stating the batch rule
+        ops.register("my_op")
+    vectorised = {name for name, spec in ops.OPS.items() if spec.batch is not None}
+    # GEMM-based ops stay per sample (batch-size-dependent summation order in oneDNN)
+    assert not vectorised & {"conv", "linear", "matmul", "einsum", "gather"}
+    assert {"add", "relu", "clip", "reshape", "softmax", "concat", "quantize"} <= vectorised
 
 
 # ---------------------------------------------------------------------------------------------

@@ -4,14 +4,16 @@ Core ML cannot predict off macOS, so validation needs another way to execute *th
 (not the PyTorch model it came from): every op the converter wrote, with the weights it stored
 and the dtypes it chose. :class:`ReferenceModel` does that with the kernels in :mod:`.ops`.
 
-Batching: image programs have a batch dim of 1. N images run in one vectorised pass when a
-load-time analysis (:class:`BatchPlan`) shows that dim 0 of every value computed from the
-input carries the batch untouched: no op mixes it (softmax or reductions over axis 0,
-transposes moving it, squeezes dropping it, pads on it, ...) and every ``reshape`` of such a
-value keeps a leading 1 (then its target's first dim becomes N, which is exact because each
-image's elements stay one contiguous row-major block). Otherwise images run one at a time.
-Either way every op's output shape is checked against the program's declared shape (with N
-for the batch dim), so a kernel that disagrees with coremltools' type inference is caught.
+Batching: image programs have a batch dim of 1. N images run in one pass when a load-time
+analysis (:class:`BatchPlan`) finds a leading dim 1 on every value computed from the inputs,
+so that dim can carry the N samples. Each op then either takes all N in one kernel call, when
+its registration's batch rule says that gives the same bits (elementwise IEEE arithmetic,
+clamps, max pooling, data movement, a softmax over the last axis, a ``reshape`` keeping the
+leading 1, ...), or runs sample by sample on slices of dim 0 (the default: convs, matmuls,
+sums, transcendental functions, and anything whose rule refuses, e.g. a softmax over axis 0).
+Otherwise (a value without a leading 1) whole samples run one at a time. Either way every
+op's output shape is checked against the program's declared shape (with N for the batch dim),
+so a kernel that disagrees with coremltools' type inference is caught.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import ops
+from . import ops, ops_elementwise, ops_tensor  # noqa: F401 (the last two register kernels)
 from .errors import InterpreterError, UnsupportedOpError
 from .loader import (
     ImageInput,
@@ -111,9 +113,13 @@ class _Step:
     outputs: list[Var]
     dtypes: list[Any | None]
     shapes: list[tuple[Any, ...] | None]
-    conform: bool  # False when the kernel is exact for these dtypes (see KernelSpec.exact)
+    rounds: bool  # conform outputs; False when exact for these dtypes (KernelSpec.exact)
     on_batch: bool  # consumes values computed from the inputs
     frees: list[Var]  # values last used by this step
+    inputs: dict[str, Any]  # op.inputs, read once (coremltools rebuilds it on every access)
+    input_vars: list[Var]  # every input var, variadic ones flattened
+    cache: dict[tuple[str, str], Any]  # constant parameters parsed by OpArgs, kept across runs
+    vectorised: bool = False  # in a batched run: one kernel call for all N samples
 
 
 class ReferenceModel:
@@ -184,7 +190,9 @@ class ReferenceModel:
             exact = spec.exact and all(in_dtypes <= {d} for d in dtypes if d is not None)
             self._steps.append(
                 _Step(op, spec, list(op.outputs), dtypes,
-                      [_static_shape(v) for v in op.outputs], not exact, False, [])
+                      [_static_shape(v) for v in op.outputs], rounds=not exact,
+                      on_batch=False, frees=[], inputs=dict(op.inputs),
+                      input_vars=[v for _, v in _input_vars(op)], cache={})
             )
             self._variable_names += [v.name for v in op.outputs]
         # Free each computed value after its last use (peak memory of a 1.0-224 batch).
@@ -213,6 +221,8 @@ class ReferenceModel:
         return dependent
 
     def _plan_batch(self) -> BatchPlan:
+        """Batch if every value computed from the inputs has a leading dim 1; per op, one
+        call for all samples where its batch rule allows (setting ``_Step.vectorised``)."""
         for name, var in self._inputs.items():
             shape = _static_shape(var)
             if not shape or shape[0] != 1:
@@ -220,17 +230,23 @@ class ReferenceModel:
         for step in self._steps:
             if not step.on_batch:
                 continue
-            reason = _batch_violation(step, self._dependent)
-            if reason:
-                return BatchPlan(False, f"{step.op.op_type} {step.op.name!r}: {reason}")
+            op = step.op
+            batched = [(p, v) for p, v in _input_vars(op) if v in self._dependent]
+            for param, var in batched:
+                shape = _static_shape(var)
+                if not shape or shape[0] != 1:
+                    return BatchPlan(False, f"{op.op_type} {op.name!r}: input {param!r} has "
+                                            f"shape {shape}, no leading batch dim 1")
+            for var, shape in zip(step.outputs, step.shapes, strict=True):
+                if shape is not None and (not shape or shape[0] != 1):
+                    return BatchPlan(False, f"{op.op_type} {op.name!r}: output {var.name!r} "
+                                            f"has shape {shape}, no leading batch dim 1")
+            rule = step.spec.batch
+            step.vectorised = rule is not None and not rule(op, batched)
         return BatchPlan(True)
 
     # ----------------------------------------------------------------------------------------
     # description
-
-    @property
-    def input_names(self) -> list[str]:
-        return list(self._inputs)
 
     @property
     def input_name(self) -> str:
@@ -470,10 +486,13 @@ class ReferenceModel:
         n = next(iter(arrays.values())).shape[0] if batched and arrays else 1
         keep = set(wanted)
         for step in self._steps:
-            args = OpArgs(step.op, env, self._consts, n if batched and step.on_batch else 0,
-                          self._dependent)
             try:
-                result = step.spec.fn(args)
+                if n > 1 and step.on_batch and not step.vectorised:
+                    result = self._per_sample(step, env, n)
+                else:
+                    result = step.spec.fn(OpArgs(
+                        step.op, env, self._consts, n if batched and step.on_batch else 0,
+                        step.inputs, step.cache))
             except InterpreterError:
                 raise
             except Exception as exc:  # a kernel failing is a model/interpreter mismatch
@@ -485,14 +504,39 @@ class ReferenceModel:
                 step.outputs, step.dtypes, step.shapes, values, strict=True
             ):
                 if isinstance(value, torch.Tensor) and dtype is not None:
-                    if step.conform or value.dtype != ops.storage_dtype(dtype):
+                    if step.rounds or value.dtype != ops.storage_dtype(dtype):
                         value = conform(value, dtype)
                     _check_shape(step, var, shape, value, n if step.on_batch else 1)
+                    # One layout everywhere (a transpose's view, a conv's channels-last output
+                    # would change how later kernels sum, and so the last bit, between runs).
+                    value = value.contiguous()
                 env[var] = value
             for var in step.frees:
                 if var not in keep:
                     del env[var]
         return {var: env[var] for var in wanted}
+
+    def _per_sample(self, step: _Step, env: dict[Var, Any], n: int) -> tuple[Any, ...]:
+        """Run ``step`` once per sample on dim-0 slices of its batch-carrying inputs and join
+        the results on dim 0 (lists, e.g. classify's labels, are concatenated)."""
+        full = {v: env[v] for v in step.input_vars if v in self._dependent}
+        args = OpArgs(step.op, env, self._consts, 0, step.inputs, step.cache)
+        parts = []
+        try:  # the batch-carrying inputs are swapped for one sample's slice, then restored
+            for i in range(n):
+                for var, value in full.items():
+                    env[var] = _sample(value, i)
+                result = step.spec.fn(args)
+                parts.append(result if isinstance(result, tuple) else (result,))
+        finally:
+            env.update(full)
+        joined = []
+        for values in zip(*parts, strict=True):
+            if isinstance(values[0], torch.Tensor):
+                joined.append(torch.cat(values))
+            else:
+                joined.append([item for part in values for item in part])
+        return tuple(joined)
 
     def _join(self, parts: list[Any], var: Var, mode: str) -> Any:
         """Combine one-sample results: along the batch dim if the var has one, else stacked."""
@@ -518,6 +562,14 @@ def _to_numpy(value: Any, var: Var) -> Any:
     return arr.astype(dtype) if dtype is not None else arr.copy()
 
 
+def _sample(t: torch.Tensor, i: int) -> torch.Tensor:
+    """Sample ``i`` of a batch, 64-byte aligned like a fresh tensor: oneDNN picks kernels by
+    pointer alignment, so a misaligned view can change a conv's last bit (measured on a 1x1
+    conv over 47 channels)."""
+    part = t[i : i + 1]
+    return part if part.data_ptr() % 64 == 0 else part.clone()
+
+
 def _only_consumer(var: Var) -> Operation | None:
     children = list(var.child_ops)
     return children[0] if len(children) == 1 else None
@@ -539,81 +591,3 @@ def _check_shape(step: _Step, var: Var, shape: tuple[Any, ...] | None, value: to
             f"{step.op.op_type} {step.op.name!r} produced {var.name!r} with shape {tuple(got)}, "
             f"the program declares {tuple(want)}"
         )
-
-
-#: Inputs through which the batch may flow, per op type; any other batch-carrying input
-#: (a conv weight computed from the image, a dynamic reshape target, ...) stops vectorising.
-_BATCH_PARAMS = {
-    "add": ("x", "y"), "sub": ("x", "y"), "mul": ("x", "y"), "real_div": ("x", "y"),
-    "maximum": ("x", "y"), "minimum": ("x", "y"), "matmul": ("x", "y"),
-    "classify": ("probabilities",),
-}
-
-
-def _batch_violation(step: _Step, dependent: set[Var]) -> str:
-    """Why ``step`` cannot carry N samples on dim 0 (empty string: it can)."""
-    op = step.op
-    allowed = _BATCH_PARAMS.get(op.op_type, ("x",))
-    batched = {}
-    for param, var in _input_vars(op):
-        if var in dependent:
-            if param not in allowed:
-                return f"input {param!r} depends on the model input"
-            batched[param] = var
-    for param, var in batched.items():
-        shape = _static_shape(var)
-        if not shape or shape[0] != 1:
-            return f"input {param!r} has shape {shape}, no leading batch dim 1"
-    if op.op_type == "classify":
-        return ""
-    for var, shape in zip(step.outputs, step.shapes, strict=True):
-        if not shape or shape[0] != 1:
-            return f"output {var.name!r} has shape {shape}, no leading batch dim 1"
-    x_rank = len(_static_shape(next(iter(batched.values()))) or ())
-    out_rank = len(step.shapes[0] or ())
-
-    def const_ints(param: str) -> list[int] | None:
-        var = op.inputs.get(param)
-        return None if var is None or var.val is None else [int(v) for v in np.ravel(var.val)]
-
-    kind = op.op_type
-    if kind in ("add", "sub", "mul", "real_div", "maximum", "minimum", "matmul"):
-        if any(len(_static_shape(v) or ()) != out_rank for v in batched.values()):
-            return "broadcasting moves the batch dim"
-        if kind == "matmul":
-            if "y" in batched and out_rank < 3:
-                return "batch on a 2-D right operand"
-            tx = op.inputs.get("transpose_x")
-            if "x" in batched and out_rank < 3 and tx is not None and bool(tx.val):
-                return "transposed 2-D left operand"
-    elif kind == "softmax":
-        axis = const_ints("axis")
-        if axis is None or axis[0] % x_rank == 0:
-            return "softmax over the batch dim"
-    elif kind == "reduce_mean":
-        axes = const_ints("axes")
-        if axes is None or any(a % x_rank == 0 for a in axes):
-            return "reduction over the batch dim"
-    elif kind == "squeeze":
-        axes = const_ints("axes")
-        if axes is None or any(a % x_rank == 0 for a in axes):
-            return "squeeze of the batch dim"
-    elif kind == "expand_dims":
-        axes = const_ints("axes")
-        if axes is None or any(a % out_rank == 0 for a in axes):
-            return "new dim in front of the batch dim"
-    elif kind == "transpose":
-        perm = const_ints("perm")
-        if perm is None or perm[0] % x_rank != 0:
-            return "transpose moves the batch dim"
-    elif kind == "pad":
-        pad = const_ints("pad")
-        if pad is None or (len(pad) == 2 * x_rank and (pad[0] or pad[1])):
-            return "padding of the batch dim"
-    elif kind == "reshape":
-        shape = const_ints("shape")
-        if shape is None:
-            return "reshape to a computed shape"
-    elif kind == "linear" and x_rank < 2:
-        return "linear on a vector"
-    return ""

@@ -18,18 +18,23 @@ from typing import Any
 from .errors import InterpreterError
 
 # coremltools logs "Failed to load _MLModelProxy" and scikit-learn / torch version warnings at
-# import time; none of it is for our users. Silence it before the first import.
-for _name in ("coremltools", "coremltools.models", "coremltools.converters"):
-    logging.getLogger(_name).setLevel(logging.ERROR)
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore")
-    import coremltools as ct
-    from coremltools.converters.mil.frontend.milproto.load import load as _milproto_load
-    from coremltools.converters.mil.mil import Function, Operation, Program, Var, types
-    from coremltools.converters.mil.mil.types.symbolic import is_symbolic
-warnings.filterwarnings("ignore", module=r"coremltools(\..*)?")
+# import time; none of it is for our users. Silenced for the import only: logger levels and
+# warning filters are restored after it (nothing global is left behind).
+_LOGGERS = ("coremltools", "coremltools.models", "coremltools.converters")
+_levels = {name: logging.getLogger(name).level for name in _LOGGERS}
+try:
+    for _name in _LOGGERS:
+        logging.getLogger(_name).setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import coremltools as ct
+        from coremltools.converters.mil.frontend.milproto.load import load as _milproto_load
+        from coremltools.converters.mil.mil import Function, Operation, Program, Var, types
+        from coremltools.converters.mil.mil.types.symbolic import is_symbolic
+finally:
+    for _name, _level in _levels.items():
+        logging.getLogger(_name).setLevel(_level)
 
-# The rest of the package takes coremltools from here, so it is always imported quietly.
 __all__ = [
     "Function", "ImageInput", "LoadedPackage", "Operation", "Program", "Var", "ct",
     "from_program", "is_symbolic", "load_package", "types",

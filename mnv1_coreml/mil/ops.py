@@ -9,11 +9,22 @@ stored as a float32 tensor holding exactly fp16-representable values (computed i
 rounded to nearest-even fp16 once), so fp16 rounding between ops is reproduced while every
 kernel keeps using fast fp32 torch code. For +, -, *, / that single rounding equals native fp16
 arithmetic; for reductions and convolutions it models an fp16 engine that accumulates in fp32.
+
+Batches: each registration declares its :data:`BatchRule`, when one kernel call may take N
+samples of a batch-1 program at once; without one the interpreter calls the kernel sample by
+sample (safe, and bit-identical to single runs). Rules are declared only where the result is
+provably the same bits either way: elementwise IEEE arithmetic, data movement, max/min.
+Convs and matmuls (oneDNN picks batch-size-dependent algorithms), sums (ATen vectorises
+short rows across rows) and SIMD transcendentals (vector body and scalar tail differ) run per
+sample, as measured. Kernels for other classifiers' ops live in :mod:`.ops_elementwise` and
+:mod:`.ops_tensor` (the package imports them, which registers their kernels); quantization
+kernels (W8A8) are below.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -100,13 +111,17 @@ def to_tensor(value: Any, mil_dtype: Any) -> torch.Tensor:
 class OpArgs:
     """An op's inputs at run time: torch tensors for dynamic ones, NumPy/Python for constants.
 
-    ``batched`` is True when the interpreter runs N = ``batch_size`` images through a batch-1
-    program in one pass (see ``interpreter.BatchPlan``) and this op sees them; ``carries_batch``
-    tells which inputs hold the N images. Only ``reshape``, ``classify`` and
-    :func:`per_sample` need to know.
+    ``batch_size`` is N > 0 when the interpreter runs N samples through a batch-1 program in
+    one call of this kernel (its registration declared the op batch-safe, see
+    :data:`BatchRule`); 0 otherwise, including each call of an op run sample by sample.
+    Only kernels whose output shape is a parameter (``reshape``) need to know.
+
+    ``inputs`` is ``op.inputs`` read once (coremltools rebuilds that dict on every access)
+    and ``cache`` keeps constant parameters already parsed by :meth:`ints`, :meth:`bools` and
+    :meth:`scalar`; the interpreter keeps both per op, across calls and samples.
     """
 
-    __slots__ = ("op", "_env", "_consts", "_dependent", "batch_size", "batched")
+    __slots__ = ("op", "_inputs", "_env", "_consts", "_cache", "batch_size", "batched")
 
     def __init__(
         self,
@@ -114,32 +129,38 @@ class OpArgs:
         env: dict[Var, Any],
         consts: dict[Var, Any],
         batch_size: int = 0,
-        dependent: set[Var] | frozenset[Var] = frozenset(),
+        inputs: dict[str, Any] | None = None,
+        cache: dict[tuple[str, str], Any] | None = None,
     ) -> None:
         self.op = op
+        self._inputs = op.inputs if inputs is None else inputs
         self._env = env
         self._consts = consts
-        self._dependent = dependent
+        self._cache = {} if cache is None else cache
         self.batch_size = batch_size
         self.batched = batch_size > 0
 
-    def carries_batch(self, name: str) -> bool:
-        """Whether input ``name`` is computed from the model inputs (holds the N images)."""
-        return self.batched and self.op.inputs.get(name) in self._dependent
-
     def has(self, name: str) -> bool:
-        return self.op.inputs.get(name) is not None
+        return self._inputs.get(name) is not None
+
+    def var(self, name: str) -> Var | None:
+        """The input var itself (its declared dtype and shape), None if absent."""
+        return self._inputs.get(name)
 
     def tensor(self, name: str) -> torch.Tensor:
-        return self._env[self.op.inputs[name]]
+        return self._env[self._inputs[name]]
+
+    def tensors(self, name: str) -> list[torch.Tensor]:
+        """A variadic (tuple) input such as ``concat``'s ``values``."""
+        return [self._env[v] for v in self._inputs[name]]
 
     def opt_tensor(self, name: str) -> torch.Tensor | None:
-        var = self.op.inputs.get(name)
+        var = self._inputs.get(name)
         return None if var is None else self._env[var]
 
     def value(self, name: str, default: Any = None) -> Any:
         """A parameter as NumPy / Python: the constant if it is one, else the runtime value."""
-        var = self.op.inputs.get(name)
+        var = self._inputs.get(name)
         if var is None:
             return default
         if var in self._consts:
@@ -147,21 +168,46 @@ class OpArgs:
         val = self._env[var]
         return val.numpy() if isinstance(val, torch.Tensor) else val
 
-    def ints(self, name: str, default: Sequence[int] | None = None) -> list[int] | None:
+    def _parsed(self, kind: str, name: str, parse: Callable[[Any], Any]) -> Any:
+        """``parse(value(name))``, memoised when the parameter is a constant."""
+        key = (kind, name)
+        if key in self._cache:
+            return self._cache[key]
         val = self.value(name)
+        out = None if val is None else parse(val)
+        var = self._inputs.get(name)
+        if var is None or var in self._consts:
+            self._cache[key] = out
+        return out
+
+    def ints(self, name: str, default: Sequence[int] | None = None) -> list[int] | None:
+        val = self._parsed("ints", name, lambda v: [int(x) for x in np.asarray(v).reshape(-1)])
         if val is None:
             return None if default is None else list(default)
-        return [int(v) for v in np.asarray(val).reshape(-1)]
+        return list(val)
+
+    def bools(self, name: str, default: Sequence[bool] | None = None) -> list[bool] | None:
+        val = self._parsed("bools", name, lambda v: [bool(x) for x in np.asarray(v).reshape(-1)])
+        if val is None:
+            return None if default is None else list(default)
+        return list(val)
 
     def scalar(self, name: str, default: Any = None) -> Any:
-        val = self.value(name)
-        if val is None:
-            return default
-        return np.asarray(val).item() if not isinstance(val, str) else val
+        val = self._parsed("scalar", name,
+                           lambda v: v if isinstance(v, str) else np.asarray(v).item())
+        return default if val is None else val
 
 
 Kernel = Callable[[OpArgs], Any]
 Check = Callable[[Operation], None]
+#: (param, var) pairs of an op's inputs computed from the model inputs (variadic inputs such
+#: as ``concat``'s ``values`` give one pair per element).
+Batched = Sequence[tuple[str, Var]]
+#: ``rule(op, batched)`` -> "" if the kernel, called once with N samples stacked on dim 0 of
+#: the ``batched`` inputs (each, and each tensor output, declared with a leading dim 1),
+#: returns exactly the N results of N batch-1 calls; otherwise the reason it does not. An op
+#: without a rule, or whose rule refuses, runs sample by sample (the safe default).
+BatchRule = Callable[[Operation, Batched], str]
 
 
 @dataclass(frozen=True)
@@ -171,25 +217,95 @@ class KernelSpec:
     ``exact``: the output's values are input values or constants of the output dtype (reshape,
     relu, clip, max_pool, ...), so conforming to fp16 is a no-op and is skipped for speed.
     ``check``: load-time validation of parameters, raising :class:`UnsupportedOpError`.
+    ``batch``: when N samples may go through one call (:data:`BatchRule`); None: per sample.
     """
 
     fn: Kernel
     exact: bool = False
     check: Check | None = None
+    batch: BatchRule | None = None
 
 
 OPS: dict[str, KernelSpec] = {}
 
 
+#: The batch "rule" of kernels that must see one sample per call (the default).
+PER_SAMPLE: BatchRule | None = None
+
+
 def register(
-    *names: str, exact: bool = False, check: Check | None = None
+    *names: str, batch: BatchRule | None, exact: bool = False, check: Check | None = None
 ) -> Callable[[Kernel], Kernel]:
+    """Register ``fn`` for op types ``names``; ``batch`` is required, so that every kernel
+    states whether it may take a whole batch (a :data:`BatchRule`) or not (``PER_SAMPLE``)."""
+
     def deco(fn: Kernel) -> Kernel:
         for name in names:
-            OPS[name] = KernelSpec(fn, exact, check)
+            if name in OPS:
+                raise RuntimeError(f"op {name!r} registered twice")
+            OPS[name] = KernelSpec(fn, exact, check, batch)
         return fn
 
     return deco
+
+
+# --------------------------------------------------------------------------------------------
+# batch rules
+
+
+def _const_ints(op: Operation, name: str) -> list[int] | None:
+    var = op.inputs.get(name)
+    if var is None or var.val is None:
+        return None
+    return [int(v) for v in np.ravel(var.val)]
+
+
+def flows(*params: str, check: BatchRule | None = None) -> BatchRule:
+    """Batch-safe when only ``params`` carry the batch and ``check`` (if any) agrees: for ops
+    that treat dim 0 like any other independent index (elementwise ops, pools, ...)."""
+
+    def rule(op: Operation, batched: Batched) -> str:
+        stray = sorted({p for p, _ in batched} - set(params))
+        if stray:
+            return f"input {stray[0]!r} depends on the model input"
+        return check(op, batched) if check is not None else ""
+
+    return rule
+
+
+def _same_rank(op: Operation, batched: Batched) -> str:
+    rank = op.outputs[0].rank
+    if any(v.rank != rank for _, v in batched):
+        return "broadcasting moves the batch dim"
+    return ""
+
+
+#: NumPy-broadcasting binary ops: a batched operand of lower rank would shift dim 0.
+BROADCAST = flows("x", "y", check=_same_rank)
+UNARY = flows("x")
+
+
+def axes_avoid_batch(param: str, *flow: str, default: int | None = None,
+                     of_output: bool = False) -> BatchRule:
+    """Batch-safe when the constant ``param`` (an axis or axes) never names dim 0, counted in
+    the output's rank if ``of_output`` (expand_dims). A missing ``param`` is ``default``, or
+    every axis if that is None (reductions)."""
+
+    def check(op: Operation, batched: Batched) -> str:
+        if op.inputs.get(param) is None:
+            if default is None:
+                return f"no {param}: every axis"
+            axes = [default]
+        else:
+            axes = _const_ints(op, param)
+            if axes is None:
+                return f"{param} computed at run time"
+        rank = op.outputs[0].rank if of_output else batched[0][1].rank
+        if any(ax % max(rank, 1) == 0 for ax in axes):
+            return f"{param} {axes} includes the batch dim"
+        return ""
+
+    return flows(*(flow or ("x",)), check=check)
 
 
 def supported_ops() -> list[str]:
@@ -258,7 +374,9 @@ def materialize_constexpr(op: Operation, known: dict[Var, np.ndarray]) -> list[n
         if isinstance(var, Var) and var.val is None and var in known
     }
     view = _OpWithValues(op, values) if values else op
-    result = type(op).materialized_val_inference(view)
+    with warnings.catch_warnings():  # coremltools' NumPy code may warn; not for our users
+        warnings.simplefilter("ignore")
+        result = type(op).materialized_val_inference(view)
     outputs = list(result) if isinstance(result, tuple) else [result]
     if len(outputs) != len(op.outputs):
         raise InterpreterError(f"{op.op_type} {op.name!r}: unexpected number of outputs")
@@ -269,34 +387,34 @@ def materialize_constexpr(op: Operation, known: dict[Var, np.ndarray]) -> list[n
 # elementwise
 
 
-@register("add")
+@register("add", batch=BROADCAST)
 def _add(a: OpArgs) -> torch.Tensor:
     return torch.add(a.tensor("x"), a.tensor("y"))
 
 
-@register("sub")
+@register("sub", batch=BROADCAST)
 def _sub(a: OpArgs) -> torch.Tensor:
     return torch.sub(a.tensor("x"), a.tensor("y"))
 
 
-@register("mul")
+@register("mul", batch=BROADCAST)
 def _mul(a: OpArgs) -> torch.Tensor:
     return torch.mul(a.tensor("x"), a.tensor("y"))
 
 
-@register("real_div")
+@register("real_div", batch=BROADCAST)
 def _real_div(a: OpArgs) -> torch.Tensor:
     """True division; an int32 output is then truncated toward zero (coremltools' inference)."""
     return torch.true_divide(a.tensor("x"), a.tensor("y"))
 
 
-@register("maximum", exact=True)
+@register("maximum", exact=True, batch=BROADCAST)
 def _maximum(a: OpArgs) -> torch.Tensor:
     x, y = a.tensor("x"), a.tensor("y")
     return torch.maximum(*_same_dtype(x, y))
 
 
-@register("minimum", exact=True)
+@register("minimum", exact=True, batch=BROADCAST)
 def _minimum(a: OpArgs) -> torch.Tensor:
     x, y = a.tensor("x"), a.tensor("y")
     return torch.minimum(*_same_dtype(x, y))
@@ -309,42 +427,50 @@ def _same_dtype(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.T
     return x.to(dt), y.to(dt)
 
 
-@register("cast")
-def _cast(a: OpArgs) -> torch.Tensor:
-    """Value conversion happens in ``conform`` (fp16 rounding, truncation to ints, != 0)."""
-    return a.tensor("x")
-
-
 def _check_cast(op: Operation) -> None:
     dtype = _const_str(op, "dtype")
     if types.string_to_builtin(dtype) not in _TORCH_STORAGE:
         raise UnsupportedOpError(op.op_type, op.name, f"cast to {dtype!r}")
 
 
-OPS["cast"] = KernelSpec(_cast, False, _check_cast)
+@register("cast", check=_check_cast, batch=UNARY)
+def _cast(a: OpArgs) -> torch.Tensor:
+    """Value conversion happens in ``conform`` (fp16 rounding, truncation to ints, != 0)."""
+    return a.tensor("x")
 
 
 # --------------------------------------------------------------------------------------------
 # activations
 
 
-@register("relu", exact=True)
+@register("relu", exact=True, batch=UNARY)
 def _relu(a: OpArgs) -> torch.Tensor:
     return torch.relu(a.tensor("x"))
 
 
-@register("relu6", exact=True)
+@register("relu6", exact=True, batch=UNARY)
 def _relu6(a: OpArgs) -> torch.Tensor:
     return torch.clamp(a.tensor("x"), 0.0, 6.0)
 
 
-@register("clip", exact=True)
+@register("clip", exact=True, batch=UNARY)
 def _clip(a: OpArgs) -> torch.Tensor:
     """``min(max(x, alpha), beta)``; alpha and beta are constants of x's dtype."""
     return torch.clamp(a.tensor("x"), float(a.scalar("alpha")), float(a.scalar("beta")))
 
 
-@register("softmax")
+def _softmax_on_last_axis(op: Operation, batched: Batched) -> str:
+    rank = op.outputs[0].rank
+    axis = _const_ints(op, "axis")
+    axis_ = (-1 if axis is None else axis[0]) % max(rank, 1)
+    if rank < 2 or axis_ != rank - 1:
+        # ATen's softmax over an inner axis vectorises across rows, so its last bit depends
+        # on the batch size (measured); over the last axis each row is computed alike.
+        return "softmax not over the last axis"
+    return ""
+
+
+@register("softmax", batch=flows("x", check=_softmax_on_last_axis))
 def _softmax(a: OpArgs) -> torch.Tensor:
     x = a.tensor("x")
     return torch.softmax(x, dim=int(a.scalar("axis", -1)))
@@ -416,30 +542,14 @@ def _check_pad_type(op: Operation) -> None:
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-def per_sample(
-    a: OpArgs, fn: Callable[..., torch.Tensor], *named: tuple[str, torch.Tensor]
-) -> torch.Tensor:
-    """``fn(*tensors)``, image by image in a batched run (slicing the inputs holding the batch).
-
-    oneDNN and MKL choose batch-size-dependent algorithms for conv and GEMM, whose summation
-    order differs in the last bit (and an fp16 program can then round differently). Per image,
-    a batch gives results bit-identical to one-at-a-time runs; on CPU this costs about nothing
-    (measured on MobileNet V1 1.0-224 layers: per-image convs are as fast as batched ones).
-    """
-    tensors = [t for _, t in named]
-    if a.batch_size <= 1:
-        return fn(*tensors)
-    split = [a.carries_batch(name) for name, _ in named]
-    parts = [
-        fn(*(t[i : i + 1] if s else t for t, s in zip(tensors, split, strict=True)))
-        for i in range(a.batch_size)
-    ]
-    return torch.cat(parts)
-
-
-@register("conv", check=_check_pad_type)
+@register("conv", check=_check_pad_type, batch=PER_SAMPLE)
 def _conv(a: OpArgs) -> torch.Tensor:
-    """MIL conv: any pad_type, groups, strides, dilations, optional bias; 1-3 spatial dims."""
+    """MIL conv: any pad_type, groups, strides, dilations, optional bias; 1-3 spatial dims.
+
+    Per sample in a batch (no batch rule): oneDNN picks batch-size-dependent algorithms whose
+    summation order differs in the last bit, so only batch-1 calls reproduce batch-1 runs bit
+    for bit (per-image convs cost the same on CPU: measured on MobileNet V1 1.0-224 layers).
+    """
     x, w, b = a.tensor("x"), a.tensor("weight"), a.opt_tensor("bias")
     nd = x.dim() - 2
     strides = a.ints("strides", [1] * nd)
@@ -451,11 +561,8 @@ def _conv(a: OpArgs) -> torch.Tensor:
     else:  # asymmetric: pad explicitly, conv unpadded
         x = F.pad(x, _torch_pad_arg(pads))
         padding = 0
-    conv = _CONV[nd]
-    return per_sample(
-        a, lambda xi: conv(xi, w, b, stride=strides, padding=padding, dilation=dilations,
-                           groups=groups), ("x", x)
-    )
+    return _CONV[nd](x, w, b, stride=strides, padding=padding, dilation=dilations,
+                     groups=groups)
 
 
 def _check_pad(op: Operation) -> None:
@@ -464,7 +571,17 @@ def _check_pad(op: Operation) -> None:
         raise UnsupportedOpError(op.op_type, op.name, f"mode {mode!r}")
 
 
-@register("pad", exact=True, check=_check_pad)
+def _pad_keeps_batch(op: Operation, batched: Batched) -> str:
+    pad = _const_ints(op, "pad")
+    rank = batched[0][1].rank
+    if pad is None:
+        return "pad computed at run time"
+    if len(pad) == 2 * rank and (pad[0] or pad[1]):
+        return "padding of the batch dim"
+    return ""
+
+
+@register("pad", exact=True, check=_check_pad, batch=flows("x", check=_pad_keeps_batch))
 def _pad(a: OpArgs) -> torch.Tensor:
     """Pads the last ``len(pad)/2`` dims; ``pad`` lists (before, after), first dim first."""
     x = a.tensor("x")
@@ -514,7 +631,7 @@ def _sum_pool(x: torch.Tensor, kernel: list[int], strides: list[int]) -> torch.T
     return _AVG[len(kernel)](x, kernel, strides, 0, divisor_override=1)
 
 
-@register("avg_pool", check=_check_pad_type)
+@register("avg_pool", check=_check_pad_type, batch=PER_SAMPLE)
 def _avg_pool(a: OpArgs) -> torch.Tensor:
     """Window sum / count. The count includes zero padding unless
     ``exclude_padding_from_average``; the ceil_mode overhang past the padding never counts
@@ -540,7 +657,7 @@ def _avg_pool(a: OpArgs) -> torch.Tensor:
     return out.squeeze(2) if one_d else out
 
 
-@register("max_pool", exact=True, check=_check_pad_type)
+@register("max_pool", exact=True, check=_check_pad_type, batch=UNARY)
 def _max_pool(a: OpArgs) -> torch.Tensor:
     """Max over each window; padding (and the ceil_mode overhang) never wins (-inf)."""
     x = a.tensor("x")
@@ -560,7 +677,7 @@ def _max_pool(a: OpArgs) -> torch.Tensor:
 # normalisation and reductions
 
 
-@register("batch_norm")
+@register("batch_norm", batch=PER_SAMPLE)
 def _batch_norm(a: OpArgs) -> torch.Tensor:
     """``gamma * (x - mean) / sqrt(variance + epsilon) + beta`` over channel dim 1."""
     x = a.tensor("x")
@@ -575,7 +692,7 @@ def _batch_norm(a: OpArgs) -> torch.Tensor:
     )
 
 
-@register("reduce_mean")
+@register("reduce_mean", batch=PER_SAMPLE)
 def _reduce_mean(a: OpArgs) -> torch.Tensor:
     """Mean over ``axes`` (all axes if absent); ``keep_dims`` keeps them as size 1."""
     x = a.tensor("x")
@@ -592,14 +709,13 @@ def _reduce_mean(a: OpArgs) -> torch.Tensor:
 # linear algebra
 
 
-@register("linear")
+@register("linear", batch=PER_SAMPLE)
 def _linear(a: OpArgs) -> torch.Tensor:
     """``x @ weight.T + bias``; weight is (D_out, D_in)."""
-    w, b = a.tensor("weight"), a.opt_tensor("bias")
-    return per_sample(a, lambda xi: F.linear(xi, w, b), ("x", a.tensor("x")))
+    return F.linear(a.tensor("x"), a.tensor("weight"), a.opt_tensor("bias"))
 
 
-@register("matmul")
+@register("matmul", batch=PER_SAMPLE)
 def _matmul(a: OpArgs) -> torch.Tensor:
     """NumPy-style batched matmul after the optional transposes of the last two dims."""
     x, y = a.tensor("x"), a.tensor("y")
@@ -607,15 +723,18 @@ def _matmul(a: OpArgs) -> torch.Tensor:
         x = x.transpose(-1, -2)
     if bool(a.scalar("transpose_y", False)):
         y = y.transpose(-1, -2)
-    x, y = _same_dtype(x, y)
-    return per_sample(a, torch.matmul, ("x", x), ("y", y))
+    return torch.matmul(*_same_dtype(x, y))
 
 
 # --------------------------------------------------------------------------------------------
 # shape ops
 
 
-@register("reshape", exact=True)
+def _reshape_to_const(op: Operation, batched: Batched) -> str:
+    return "" if _const_ints(op, "shape") is not None else "reshape to a computed shape"
+
+
+@register("reshape", exact=True, batch=flows("x", check=_reshape_to_const))
 def _reshape(a: OpArgs) -> torch.Tensor:
     """``0`` copies the input dim when ``len(shape) == rank(x)``; ``-1`` is inferred.
 
@@ -632,14 +751,14 @@ def _reshape(a: OpArgs) -> torch.Tensor:
     return x.reshape(shape)
 
 
-@register("squeeze", exact=True)
+@register("squeeze", exact=True, batch=axes_avoid_batch("axes"))
 def _squeeze(a: OpArgs) -> torch.Tensor:
     """Drop the size-1 dims in ``axes``; without ``axes``, every size-1 dim of the program's
     declared input shape (so a batched run keeps its batch dim only if the plan allows)."""
     x = a.tensor("x")
     axes = a.ints("axes")
     if axes is None:
-        static = a.op.inputs["x"].shape
+        static = a.var("x").shape
         axes = [i for i, s in enumerate(static) if s == 1]
     axes = sorted({ax % x.dim() for ax in axes}, reverse=True)
     for ax in axes:
@@ -648,7 +767,7 @@ def _squeeze(a: OpArgs) -> torch.Tensor:
     return x
 
 
-@register("expand_dims", exact=True)
+@register("expand_dims", exact=True, batch=axes_avoid_batch("axes", of_output=True))
 def _expand_dims(a: OpArgs) -> torch.Tensor:
     """Insert size-1 dims; negative axes count from the end of the *output* rank."""
     x = a.tensor("x")
@@ -659,16 +778,89 @@ def _expand_dims(a: OpArgs) -> torch.Tensor:
     return x
 
 
-@register("transpose", exact=True)
+def _perm_keeps_batch(op: Operation, batched: Batched) -> str:
+    perm = _const_ints(op, "perm")
+    rank = op.outputs[0].rank
+    return "" if perm is not None and perm[0] % rank == 0 else "transpose moves the batch dim"
+
+
+@register("transpose", exact=True, batch=flows("x", check=_perm_keeps_batch))
 def _transpose(a: OpArgs) -> torch.Tensor:
     return a.tensor("x").permute(a.ints("perm"))
+
+
+# --------------------------------------------------------------------------------------------
+# activation quantization (iOS17 quantize / dequantize, as W8A8 passes emit them)
+
+
+def _along_axis(a: OpArgs, name: str, rank: int) -> torch.Tensor | None:
+    """A scalar or per-``axis`` vector parameter as a float32 tensor broadcastable to rank
+    ``rank`` (coremltools' ``promote_rank_to_same_as_data``); None if absent."""
+    value = a.value(name)
+    if value is None:
+        return None
+    t = torch.from_numpy(np.asarray(value, dtype=np.float32).copy())
+    if t.dim() == 1:
+        shape = [1] * rank
+        shape[int(a.scalar("axis")) % rank] = t.shape[0]
+        t = t.reshape(shape)
+    return t
+
+
+def _quant_axis_avoids_batch(op: Operation, batched: Batched) -> str:
+    axis = _const_ints(op, "axis")
+    if axis is not None and axis[0] % op.outputs[0].rank == 0:
+        return "per-channel parameters along the batch dim"
+    return ""
+
+
+_QUANT_RANGE = {"int8": (-128, 127), "uint8": (0, 255)}
+
+
+def _check_quantize(op: Operation) -> None:
+    dtype = _const_str(op, "output_dtype")
+    if dtype not in _QUANT_RANGE:
+        raise UnsupportedOpError(op.op_type, op.name, f"output_dtype {dtype!r}")
+
+
+@register("quantize", check=_check_quantize,
+          batch=flows("input", check=_quant_axis_avoids_batch))
+def _quantize(a: OpArgs) -> torch.Tensor:
+    """``clip(round(input / scale) + zero_point)`` to int8 / uint8 (iOS17 ``quantize``).
+
+    As coremltools' value inference (``optimize._utils.quantize_by_scale_and_zp``): the
+    division is in the input's dtype (fp16 inputs: fp32 division rounded once to fp16, which
+    equals native fp16 division), rounding is half to even (``np.around``), then the zero
+    point is added and the result clipped to the dtype's range.
+    """
+    x = a.tensor("input")
+    q = x / _along_axis(a, "scale", x.dim())
+    if a.var("input").dtype is types.fp16:
+        q = q.to(torch.float16).to(torch.float32)
+    q = torch.round(q)  # half to even
+    zero_point = _along_axis(a, "zero_point", x.dim())
+    if zero_point is not None:
+        q = q + zero_point
+    low, high = _QUANT_RANGE[str(a.scalar("output_dtype"))]
+    return torch.clamp(q, low, high)
+
+
+@register("dequantize", batch=flows("input", check=_quant_axis_avoids_batch))
+def _dequantize(a: OpArgs) -> torch.Tensor:
+    """``scale * (input - zero_point)`` (iOS17 ``dequantize``): in fp32, then rounded once to
+    the scale's dtype, as coremltools' ``dequantize_by_scale_and_zp`` computes it."""
+    q = a.tensor("input").to(torch.float32)
+    zero_point = _along_axis(a, "zero_point", q.dim())
+    if zero_point is not None:
+        q = q - zero_point
+    return q * _along_axis(a, "scale", q.dim())
 
 
 # --------------------------------------------------------------------------------------------
 # classify
 
 
-@register("classify")
+@register("classify", batch=flows("probabilities"))
 def _classify(a: OpArgs) -> tuple[list[Any], torch.Tensor]:
     """Top-1 label per image and the probabilities as an (N, num_classes) tensor.
 
