@@ -5,7 +5,7 @@ it to an fp16 ML Program for iOS16, then palettizes every conv/linear weight twi
 
 * coremltools' default k-means pass: ``OpPalettizerConfig(mode="kmeans", nbits=..,
   weight_threshold=0)`` for the "conv" and "linear" op types;
-* ours: ``compress(mlmodel, CompressionSpec(palettize_bits=..))`` (everything included:
+* ours: ``compress(mlmodel, Palettize(..))`` (everything included:
   weight discovery, clustering, the same coremltools pass in "custom" mode, the report).
 
 It prints both wall times and their ratio, then, per weight, the SSE of each result against the
@@ -31,14 +31,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from mnv1_coreml.compress import CompressionSpec, compress  # noqa: E402
-from mnv1_coreml.compress._coremltools import ct, cto, load_program  # noqa: E402
+from mnv1_coreml.compress import Palettize, compress  # noqa: E402
 from mnv1_coreml.compress.kmeans import warm_up  # noqa: E402
 from mnv1_coreml.compress.palettize import (  # noqa: E402
     find_weight_sites,
     iter_ops,
     readback_sse,
 )
+from mnv1_coreml.coreml import ct, cto, load_program  # noqa: E402
 from mnv1_coreml.model import MobileNetConfig, MobileNetV1  # noqa: E402
 
 SPEEDUP_GOAL = 5.0
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     t_jit = time.perf_counter() - t
 
     t_theirs, theirs = timed(lambda: coremltools_kmeans(mlmodel, args.nbits), args.repeat)
-    spec = CompressionSpec(palettize_bits=args.nbits)
+    spec = Palettize(args.nbits)
     t_ours, (ours, report) = timed(lambda: compress(mlmodel, spec), args.repeat)
 
     sites, _ = find_weight_sites(load_program(mlmodel))

@@ -10,18 +10,18 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from mnv1_coreml.compress import CompressionSpec
-from mnv1_coreml.convert import ConvertOptions, convert
+from mnv1_coreml.compress import Palettize, QuantizeInt8
 from mnv1_coreml.model import MobileNetConfig
+from mnv1_coreml.pipeline import ConvertOptions, convert
 from mnv1_coreml.sizes import floor_bytes, package_bytes
 from mnv1_coreml.summary import PAPER_ALPHAS, PAPER_RESOLUTIONS
 
 KINDS = {
     "fp16": None,
-    "pal8": CompressionSpec(palettize_bits=8),
-    "pal6": CompressionSpec(palettize_bits=6),
-    "pal4": CompressionSpec(palettize_bits=4),
-    "int8": CompressionSpec(quantize="int8"),
+    "pal8": Palettize(8),
+    "pal6": Palettize(6),
+    "pal4": Palettize(4),
+    "int8": QuantizeInt8(),
 }
 
 
@@ -40,8 +40,7 @@ def main() -> None:
                 convert(ConvertOptions(alpha=alpha, res=res, weights="random", compression=comp,
                                        output=out, force=True, validate=False))
                 size = package_bytes(out)
-                floor = floor_bytes(cfg, "fp16", comp.palettize_bits if comp else None,
-                                    comp.quantize if comp else None)
+                floor = floor_bytes(cfg, "fp16", comp)
                 print(f"{alpha:>5}-{res:<4} {kind:>5} {size:>10,} {floor:>10,} "
                       f"{size / floor:>7.4f}", flush=True)
 

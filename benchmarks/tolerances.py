@@ -4,7 +4,10 @@ For each variant and kind: convert with the project's own pipeline, run the refe
 on the golden images, and print the worst max-abs error, cosine and PSNR, plus any top-1
 disagreement with its golden margin. Usage:
 
-    python benchmarks/tolerances.py [--kinds fp32,fp16,pal8,pal6,pal4,int8] [ALPHA:RES:WEIGHTS ...]
+    python benchmarks/tolerances.py [--kinds fp32,fp16,pal8,pal6,pal4,int8,w8a8]
+        [ALPHA:RES:WEIGHTS ...]
+
+w8a8 is calibrated on its default images (the packaged photos and probes, as the golden).
 """
 
 from __future__ import annotations
@@ -13,25 +16,27 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from mnv1_coreml.compress import CompressionSpec
-from mnv1_coreml.convert import ConvertOptions, convert
+from mnv1_coreml.compress import CompressionConfig, Palettize, QuantizeInt8, QuantizeW8A8
 from mnv1_coreml.golden import golden_for
-from mnv1_coreml.validate import Tolerances, validate
+from mnv1_coreml.pipeline import ConvertOptions, convert
+from mnv1_coreml.validation import Tolerances, validate
 
 NO_LIMITS = Tolerances(max_abs=1e9, min_cosine=-1.0, min_psnr=-1e9)
 
 
-def kind_options(kind: str) -> tuple[str, CompressionSpec | None]:
+def kind_options(kind: str) -> tuple[str, CompressionConfig | None]:
     if kind in ("fp32", "fp16"):
         return kind, None
     if kind == "int8":
-        return "fp16", CompressionSpec(quantize="int8")
-    return "fp16", CompressionSpec(palettize_bits=int(kind.removeprefix("pal")))
+        return "fp16", QuantizeInt8()
+    if kind == "w8a8":
+        return "fp16", QuantizeW8A8()
+    return "fp16", Palettize(int(kind.removeprefix("pal")))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--kinds", default="fp32,fp16,pal8,int8,pal6,pal4")
+    parser.add_argument("--kinds", default="fp32,fp16,pal8,int8,pal6,pal4,w8a8")
     parser.add_argument("variants", nargs="*", default=["0.25:128:random", "1.0:224:random"])
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,23 +1,38 @@
-"""Atomic outputs: a reader never sees a half-written package, golden or download."""
+"""Atomic outputs: a reader never sees a half-written package or golden, and a failure never
+costs the user the previous one."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import UserError
+from .errors import OutputExistsError, UserError
+
+#: Suffix of the temporary directories ``atomic_path`` makes beside its target.
+TMP_SUFFIX = ".tmp"
 
 
-def check_output(path: Path, force: bool) -> None:
-    """Refuse before any work is done: existing output without --force, or an unwritable place."""
-    if path.exists() and not force:
-        raise UserError(f"{path} already exists; pass --force to replace it")
+def as_path(path: str | os.PathLike[str]) -> Path:
+    """Every public function takes ``str | os.PathLike``; this is where it becomes a Path."""
+    return path if isinstance(path, Path) else Path(os.fspath(path))
+
+
+def check_output(path: str | os.PathLike[str], force: bool) -> None:
+    """Refuse before any work is done: an existing output without ``force``, or an unwritable
+    place."""
+    path = as_path(path)
+    if (path.exists() or path.is_symlink()) and not force:
+        raise OutputExistsError(f"{path} already exists")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
+        if parent.exists():
+            raise UserError(f"cannot write {path}: {parent} is not a directory")
         raise UserError(f"cannot write {path}: directory {parent} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise UserError(f"cannot write {path}: directory {parent} is not writable")
@@ -31,27 +46,56 @@ def _remove(path: Path) -> None:
 
 
 @contextmanager
-def atomic_path(path: Path, force: bool = False) -> Iterator[Path]:
-    """Yield a temporary sibling of ``path``; on success it replaces ``path`` in one rename.
+def _sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C back (it is delivered on exit) so a rename pair cannot be split by it."""
+    can_mask = hasattr(signal, "pthread_sigmask") and (
+        threading.current_thread() is threading.main_thread()
+    )
+    if not can_mask:
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
-    On any failure (or Ctrl-C) the temporary output is removed and ``path`` is untouched. When
-    replacing a directory (an ``.mlpackage``), the old one is moved aside first and deleted
-    only after the new one is in place.
+
+@contextmanager
+def atomic_path(path: str | os.PathLike[str], force: bool = False) -> Iterator[Path]:
+    """Yield a temporary sibling of ``path`` to write; on success it replaces ``path``.
+
+    The new output appears in one rename. When replacing, the old output is first moved into
+    the temporary directory and deleted only once the new one is in place; if anything fails
+    (an exception, Ctrl-C, a failed rename) the old output is moved back, so ``path`` ends up
+    either the complete new output or exactly what it was. The temporary directory is always
+    removed.
     """
+    path = as_path(path)
     check_output(path, force)
     parent = path.parent if str(path.parent) else Path(".")
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=parent))
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=TMP_SUFFIX, dir=parent))
     tmp = tmp_dir / path.name
+    old = tmp_dir / (path.name + ".old")
     try:
         yield tmp
         if not tmp.exists():
-            raise RuntimeError(f"nothing was written to {tmp}")
-        old = None
-        if path.exists() or path.is_symlink():
-            old = tmp_dir / (path.name + ".old")
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            _remove(old)
+            raise UserError(f"nothing was written to {tmp}")
+        with _sigint_deferred():
+            try:
+                if path.exists() or path.is_symlink():
+                    os.replace(path, old)
+                os.replace(tmp, path)
+            except OSError as exc:  # the finally below puts the old output back
+                raise UserError(f"cannot write {path} ({exc}); it is unchanged") from None
     finally:
-        _remove(tmp_dir)
+        with _sigint_deferred():
+            # the old output is inside tmp_dir only while the new one failed to take its place
+            if (old.exists() or old.is_symlink()) and not (path.exists() or path.is_symlink()):
+                try:
+                    os.replace(old, path)
+                except OSError as exc:  # keep tmp_dir: it holds the only copy
+                    raise UserError(
+                        f"could not put {path} back ({exc}); the previous version is at {old}"
+                    ) from None
+            _remove(tmp_dir)

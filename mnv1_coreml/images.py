@@ -6,14 +6,22 @@ the reference interpreter and the Core ML runtime all see the same uint8 RGB arr
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
+
+from .errors import UserError, one_line
+from .fsutil import as_path
+
+if TYPE_CHECKING:  # torch is imported where used: evaluate's decoding workers never need it
+    import torch
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -53,6 +61,8 @@ class Normalization:
 
     def apply(self, images: np.ndarray) -> torch.Tensor:
         """uint8 (N, H, W, 3) RGB -> normalised float32 (N, 3, H, W) for the PyTorch model."""
+        import torch
+
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float()
         mean = torch.tensor(self.mean).view(1, 3, 1, 1)
         std = torch.tensor(self.std).view(1, 3, 1, 1)
@@ -90,6 +100,27 @@ def prepare_image(image: Image.Image, res: int) -> np.ndarray:
     return np.asarray(image, dtype=np.uint8).copy()
 
 
+def prepare_image_fraction(image: Image.Image, res: int, crop_fraction: float) -> np.ndarray:
+    """The standard ImageNet evaluation protocol: shorter side to ``res / crop_fraction``, then
+    a centre ``res`` x ``res`` crop (timm and torchvision: 0.875 gives 256 -> 224).
+
+    Published top-1 numbers are measured this way; :func:`prepare_image` (Vision's
+    ``.centerCrop``) is what the iOS app feeds. Same RGB conversion and bilinear resampling.
+    """
+    if not 0.0 < crop_fraction <= 1.0:
+        raise ValueError(f"crop fraction must be in (0, 1], got {crop_fraction}")
+    image = image.convert("RGB")
+    w, h = image.size
+    short = max(res, math.floor(res / crop_fraction))
+    size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+    if size != (w, h):
+        image = image.resize(size, Image.Resampling.BILINEAR)
+    w, h = size
+    left, top = int(round((w - res) / 2.0)), int(round((h - res) / 2.0))
+    image = image.crop((left, top, left + res, top + res))
+    return np.asarray(image, dtype=np.uint8).copy()
+
+
 def probe_images(res: int) -> list[tuple[str, np.ndarray]]:
     """Synthetic probes that catch channel-order and scale errors.
 
@@ -119,22 +150,41 @@ def packaged_image_dir() -> Path:
     return Path(str(files("mnv1_coreml").joinpath("data/golden_images")))
 
 
-def iter_image_files(directory: Path) -> Iterator[Path]:
-    yield from sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+def iter_image_files(directory: str | os.PathLike[str]) -> Iterator[Path]:
+    """The image files of a directory (by suffix), in name order."""
+    try:
+        entries = list(as_path(directory).iterdir())
+    except OSError as exc:
+        raise UserError(f"cannot list images in {directory}: {one_line(exc)}") from None
+    yield from sorted(p for p in entries if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_image(path: str | os.PathLike[str], res: int) -> np.ndarray:
+    """One image file, prepared; an undecodable or truncated file is a UserError naming it.
+
+    A directory with one bad file fails as a whole (nothing is written): a golden silently
+    missing an image would validate less than the user asked for.
+    """
+    try:
+        with Image.open(path) as im:
+            return prepare_image(im, res)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        # PIL: UnidentifiedImageError (an OSError) for unknown bytes, OSError for truncated
+        # data, SyntaxError from some decoders for corrupt headers
+        raise UserError(f"cannot read image {path}: {one_line(exc)}") from None
 
 
 def load_image_set(
-    res: int, directory: Path | None = None, with_probes: bool = True
+    res: int, directory: str | os.PathLike[str] | None = None, with_probes: bool = True
 ) -> tuple[list[str], np.ndarray]:
     """Names and uint8 (N, res, res, 3) RGB arrays: the photos in ``directory`` plus probes."""
-    directory = directory or packaged_image_dir()
+    directory = packaged_image_dir() if directory is None else as_path(directory)
     named: list[tuple[str, np.ndarray]] = []
     for path in iter_image_files(directory):
-        with Image.open(path) as im:
-            named.append((path.name, prepare_image(im, res)))
+        named.append((path.name, read_image(path, res)))
     if with_probes:
         named.extend(probe_images(res))
     if not named:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {directory}")
+        raise UserError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {directory}")
     names: Sequence[str] = [n for n, _ in named]
     return list(names), np.stack([a for _, a in named])

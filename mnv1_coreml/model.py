@@ -30,11 +30,14 @@ training bookkeeping and are not part of the weight contract (see :func:`weight_
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import torch
 from torch import nn
+
+from .errors import InvalidValueError, WeightsError
 
 Padding = Literal["torch", "tf"]
 Activation = Literal["relu", "relu6"]
@@ -88,20 +91,39 @@ class MobileNetConfig:
             raise ValueError(f"activation must be 'relu' or 'relu6', got {self.activation!r}")
         if not self.bn_eps > 0:
             raise ValueError(f"bn_eps must be > 0, got {self.bn_eps!r}")
-        if self.num_classes < 1:
-            raise ValueError(f"num_classes must be >= 1, got {self.num_classes!r}")
+        if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or (
+            self.num_classes < 1
+        ):
+            raise InvalidValueError(
+                f"num_classes must be an integer >= 1, got {self.num_classes!r}"
+            )
 
     @property
     def channels(self) -> list[int]:
         """Output channels of the stem and of each of the 13 blocks."""
-        return [scaled_channels(STEM_CHANNELS, self.alpha)] + [
-            scaled_channels(c, self.alpha) for _, c in BLOCKS
+        return self.channel_counts(self.alpha)
+
+    @classmethod
+    def for_settings(
+        cls, alpha: float, res: int, settings: ArchLike, num_classes: int = 1000
+    ) -> MobileNetConfig:
+        """The config that runs weights with their settings (padding, activation, BN eps)."""
+        return cls(
+            alpha=alpha, res=res, num_classes=num_classes, padding=settings.padding,
+            activation=settings.activation, bn_eps=settings.bn_eps,
+        )
+
+    @staticmethod
+    def channel_counts(alpha: float) -> list[int]:
+        """Output channels of the stem and of each of the 13 blocks at width ``alpha``."""
+        return [scaled_channels(STEM_CHANNELS, alpha)] + [
+            scaled_channels(c, alpha) for _, c in BLOCKS
         ]
 
 
 def check_alpha(alpha: float) -> None:
     if not isinstance(alpha, (int, float)) or not math.isfinite(alpha) or alpha <= 0:
-        raise ValueError(f"alpha must be a number > 0, got {alpha!r}")
+        raise InvalidValueError(f"alpha must be a number > 0, got {alpha!r}")
 
 
 def check_res(res: int) -> None:
@@ -110,7 +132,7 @@ def check_res(res: int) -> None:
         or res % RES_STEP
         or not MIN_RES <= res <= MAX_RES
     ):
-        raise ValueError(
+        raise InvalidValueError(
             f"resolution must be a multiple of {RES_STEP} from {MIN_RES} to {MAX_RES}, got {res!r}"
         )
 
@@ -200,3 +222,129 @@ def weight_keys(model: nn.Module) -> dict[str, tuple[int, ...]]:
         for k, v in model.state_dict().items()
         if not k.endswith("num_batches_tracked")
     }
+
+
+def key_problems(missing: list[str], unexpected: list[str], wrong: list[str]) -> list[str]:
+    """The parts of a "does not fit" message, each naming every offending key."""
+    parts = (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
+    return [f"{what} {', '.join(keys)}" for what, keys in parts if keys]
+
+
+def feature_channels(alpha: float) -> int:
+    """Channels the classifier sees: the last pointwise conv's filters."""
+    return scaled_channels(BLOCKS[-1][1], alpha)
+
+
+def alpha_from_channels(channels: list[int]) -> float | None:
+    """The width multiplier that gives exactly these 14 channel counts (stem + 13 blocks).
+
+    Prefers a round value (0.25 rather than 0.2500001) so messages and metadata read well.
+    None when no alpha produces them (not a MobileNet V1, or a hand-edited one).
+    """
+    if len(channels) != len(BLOCKS) + 1 or channels[-1] < MIN_CHANNELS:
+        return None
+    raw = channels[-1] / BLOCKS[-1][1]
+    for alpha in (round(raw, 2), round(raw, 3), round(raw, 4), raw):
+        if alpha > 0 and MobileNetConfig.channel_counts(alpha) == list(channels):
+            return alpha
+    return None
+
+
+def infer_alpha(state_dict: Mapping[str, torch.Tensor]) -> float | None:
+    """The alpha a state dict in our layout was made at, from its conv shapes; None if unclear."""
+    keys = ["stem.conv.weight"] + [f"blocks.{i}.pw.conv.weight" for i in range(len(BLOCKS))]
+    shapes = [tuple(state_dict[k].shape) if k in state_dict else () for k in keys]
+    if any(len(s) != 4 for s in shapes):
+        return None
+    return alpha_from_channels([s[0] for s in shapes])
+
+
+def check_state_dict(
+    model: MobileNetV1, state_dict: Mapping[str, torch.Tensor], origin: str
+) -> None:
+    """Raise one WeightsError naming every missing, unexpected and wrongly shaped key."""
+    expected = weight_keys(model)
+    got = {
+        k: tuple(v.shape) for k, v in state_dict.items() if not k.endswith("num_batches_tracked")
+    }
+    cfg = model.cfg
+    held = infer_alpha(state_dict)
+    if held is not None and scaled_channels(BLOCKS[-1][1], held) != feature_channels(cfg.alpha):
+        raise WeightsError(
+            f"{origin} holds MobileNet V1 alpha={held:g} weights, not alpha={cfg.alpha:g} "
+            f"(blocks.12.pw.conv.weight has {got[f'blocks.{len(BLOCKS) - 1}.pw.conv.weight'][0]} "
+            f"filters, expected {feature_channels(cfg.alpha)}): pass --alpha {held:g}"
+        )
+    fc = got.get("classifier.weight")
+    if fc is not None and len(fc) == 2 and fc[1] != feature_channels(cfg.alpha):
+        raise WeightsError(
+            f"{origin}: classifier.weight has shape {fc}, but the network's features have "
+            f"{feature_channels(cfg.alpha)} channels (alpha={cfg.alpha:g}); the classifier "
+            "does not belong to these convolutions"
+        )
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    wrong = sorted(
+        f"{k} {got[k]} (expected {expected[k]})" for k in set(got) & set(expected)
+        if got[k] != expected[k]
+    )
+    problems = key_problems(missing, unexpected, wrong)
+    if problems:
+        raise WeightsError(
+            f"{origin} does not fit MobileNet V1 alpha={cfg.alpha:g} res={cfg.res} "
+            f"with {cfg.num_classes} classes: " + "; ".join(problems)
+            + ". Check --alpha, or pass weights saved from this tool's model layout."
+        )
+
+
+def num_classes_of(state_dict: Mapping[str, torch.Tensor], origin: str) -> int:
+    """The class count a checkpoint's classifier defines: the rows of ``classifier.weight``.
+
+    The bias and the columns are checked against it by :func:`check_state_dict`.
+    """
+    fc = state_dict.get("classifier.weight")
+    if fc is None or fc.dim() != 2:
+        shape = "absent" if fc is None else f"of shape {tuple(fc.shape)}"
+        raise WeightsError(
+            f"{origin} has no usable classifier (classifier.weight is {shape}; expected "
+            "(num_classes, channels))"
+        )
+    n = int(fc.shape[0])
+    if n < 1:
+        raise WeightsError(f"{origin}: the classifier has 0 classes")
+    return n
+
+
+class ArchLike(Protocol):
+    """What :func:`build_model` reads from weights settings (``weights.ArchSettings``)."""
+
+    padding: Padding
+    activation: Activation
+    bn_eps: float
+
+
+class WeightsLike(Protocol):
+    """What :func:`build_model` reads from loaded weights (``weights.LoadedWeights``)."""
+
+    state_dict: dict[str, torch.Tensor]
+    spec: str
+    settings: ArchLike
+
+
+def build_model(
+    alpha: float, res: int, weights: WeightsLike, num_classes: int | None = None
+) -> MobileNetV1:
+    """The eval-mode PyTorch model for ``weights``, after the strict key and shape check.
+
+    The class count is the checkpoint's own (its classifier's rows) unless ``num_classes``
+    is given, in which case the checkpoint must have exactly that many.
+    """
+    n = num_classes_of(weights.state_dict, weights.spec)
+    if num_classes is not None and num_classes != n:
+        raise WeightsError(
+            f"{weights.spec} has {n} classes, not the {num_classes} asked for"
+        )
+    model = MobileNetV1(MobileNetConfig.for_settings(alpha, res, weights.settings, n))
+    check_state_dict(model, weights.state_dict, weights.spec)
+    model.load_state_dict(weights.state_dict, strict=False)
+    return model.eval()

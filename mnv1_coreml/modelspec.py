@@ -7,11 +7,12 @@ the wrong order is just as broken.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
-from pathlib import Path
 
-from .coreml import ct
-from .errors import UserError
+from .coreml import ct, quiet_coremltools
+from .errors import UserError, one_line
+from .fsutil import as_path
 
 
 @dataclass(frozen=True)
@@ -48,14 +49,18 @@ def _classify_labels(spec: object) -> list[str]:
     return []
 
 
-def read_contract(path: Path) -> ModelContract:
+def read_contract(path: str | os.PathLike[str]) -> ModelContract:
     """Parse the spec of ``path``; a missing or unreadable package is a user error."""
+    path = as_path(path)
     if not path.exists():
         raise UserError(f"{path} does not exist; pass the path of a .mlpackage")
     try:
-        spec = ct.utils.load_spec(str(path))
+        with quiet_coremltools():
+            spec = ct.utils.load_spec(str(path))
     except Exception as exc:  # coremltools raises bare Exceptions for bad packages
-        raise UserError(f"{path} is not a readable Core ML model ({exc})") from None
+        raise UserError(
+            f"{path} is not a readable Core ML model ({one_line(exc)})"
+        ) from None
     desc = spec.description
     if not desc.input:
         raise UserError(f"{path} has no inputs")
@@ -69,7 +74,10 @@ def read_contract(path: Path) -> ModelContract:
             inp.type.imageType.colorSpace
         )
     model_kind = spec.WhichOneof("Type") or ""
-    labels = _classify_labels(spec) if model_kind == "mlProgram" else []
+    try:
+        labels = _classify_labels(spec) if model_kind == "mlProgram" else []
+    except (KeyError, IndexError, AttributeError) as exc:
+        raise UserError(f"{path}: the ML Program's classifier is malformed ({exc!r})") from None
     return ModelContract(
         kind=model_kind,
         input_name=inp.name,

@@ -16,12 +16,15 @@ overhead, and the ratio ``size / floor`` measures it.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 
+from .compress.config import CompressionConfig, Palettize, QuantizeInt8
+from .errors import UserError
+from .fsutil import as_path
 from .model import ConvBnAct, MobileNetConfig, MobileNetV1
 
 BLOB_HEADER = 64
@@ -56,10 +59,16 @@ def weight_tensors(cfg: MobileNetConfig) -> tuple[list[WeightTensor], list[int]]
 
 
 def floor_bytes(
-    cfg: MobileNetConfig, precision: str = "fp16", palettize_bits: int | None = None,
-    quantize: str | None = None,
+    cfg: MobileNetConfig, precision: str = "fp16", compression: CompressionConfig | None = None
 ) -> int:
     """The smallest weight file that can hold this model in this format."""
+    palettize_bits, quantize = None, None
+    if isinstance(compression, Palettize):
+        palettize_bits = compression.bits
+    elif isinstance(compression, QuantizeInt8):
+        quantize = "int8"
+    elif compression is not None:
+        raise UserError(f"no size floor known for {type(compression).__name__}")
     weights, biases = weight_tensors(cfg)
     value_bytes = 4 if precision == "fp32" else 2
     total = FILE_HEADER + sum(_blob(b * value_bytes) for b in biases)
@@ -74,6 +83,6 @@ def floor_bytes(
     return total
 
 
-def package_bytes(path: Path) -> int:
+def package_bytes(path: str | os.PathLike[str]) -> int:
     """Bytes of every file in the package (what an app bundle carries before compilation)."""
-    return sum(p.stat().st_size for p in Path(path).rglob("*") if p.is_file())
+    return sum(p.stat().st_size for p in as_path(path).rglob("*") if p.is_file())

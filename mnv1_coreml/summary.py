@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 import torch
 from torch import nn
 
+from .catalog import published_accuracy
 from .model import ConvBnAct, MobileNetConfig, MobileNetV1
 
 #: The paper's published numbers (millions), which `summary` must reproduce.
@@ -57,6 +58,7 @@ class ModelSummary:
         return {
             "alpha": self.config.alpha,
             "res": self.config.res,
+            "num_classes": self.config.num_classes,
             "params": self.params,
             "macs": self.macs,
             "layers": [asdict(r) for r in self.layers],
@@ -127,8 +129,6 @@ def variants_markdown() -> str:
     Top-1 is the published ImageNet accuracy: the Keras file's own where Keras lists it (224),
     else the 2017 TF-slim checkpoint the Keras files were converted from.
     """
-    from .weights import published_accuracy
-
     lines = [
         "| alpha | res | params | mult-adds (exact) | mult-adds (paper, M) | paper top-1 "
         "| slim 2017 top-1 | Keras top-1 |",

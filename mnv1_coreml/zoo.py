@@ -1,12 +1,15 @@
 """All 16 paper variants (alpha x resolution) in one go: convert, validate, size, tabulate.
 
 Variants run in worker processes (one torch thread each) because conversion is mostly
-single-threaded Python; on 2 cores two workers roughly halve the wall time.
+single-threaded Python; on 2 cores two workers roughly halve the wall time. Workers are
+*spawned* (a fork after torch, numba and coremltools have started threads can deadlock), and
+an initializer sets their thread counts; the parent's environment is never changed.
 """
 
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -14,8 +17,14 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .catalog import published_accuracy
+from .errors import OutputExistsError, UserError, one_line
+from .fsutil import as_path, atomic_path
+from .labels import read_labels_option
 from .model import MobileNetConfig
 from .summary import PAPER_ALPHAS, PAPER_RESOLUTIONS, paper_macs_millions, summarize
+
+PACKAGE_PREFIX = "MobileNetV1_"
 
 
 @dataclass
@@ -38,33 +47,37 @@ def _alpha_tag(alpha: float) -> str:
     return f"{alpha:g}".replace(".", "_")
 
 
-def _convert_one(opts: Any) -> ZooEntry:
-    """Worker: one variant end to end. Errors become the entry's verdict, not a crash."""
+def _init_worker(threads: int = 1) -> None:
+    """Runs first in each spawned worker: one compute thread per worker process."""
+    os.environ["OMP_NUM_THREADS"] = str(threads)  # the child's own copy, before numba starts
+    os.environ["NUMBA_NUM_THREADS"] = str(threads)
     import torch
 
-    torch.set_num_threads(1)
-    from .convert import convert
-    from .sizes import floor_bytes, package_bytes
-    from .weights import published_accuracy
+    torch.set_num_threads(threads)
 
-    cfg = MobileNetConfig(alpha=opts.alpha, res=opts.res)
+
+def _convert_one(opts: Any) -> ZooEntry:
+    """Worker: one variant end to end. Errors become the entry's verdict, not a crash."""
+    from .pipeline import convert
+    from .sizes import floor_bytes, package_bytes
+
+    custom = read_labels_option(opts.labels)  # your own classes: no published ImageNet top-1
+    classes = 1000 if custom is None else len(custom)
+    cfg = MobileNetConfig(alpha=opts.alpha, res=opts.res, num_classes=classes)
     s = summarize(cfg)
-    acc = published_accuracy(opts.alpha, opts.res) or {}
+    acc = (published_accuracy(opts.alpha, opts.res) or {}) if custom is None else {}
     top1, source = None, ""
     for key in ("keras_top1", "paper_top1", "slim2017_top1"):
         if acc.get(key) is not None:
             top1, source = acc[key], key.removesuffix("_top1")
             break
-    comp = opts.compression
-    floor = floor_bytes(
-        cfg, opts.precision, comp.palettize_bits if comp else None, comp.quantize if comp else None
-    )
+    floor = floor_bytes(cfg, opts.precision, opts.compression)
     entry = ZooEntry(opts.alpha, opts.res, s.params, s.macs, paper_macs_millions(opts.alpha,
                      opts.res), str(opts.output), 0, floor, "not validated", None, top1, source)
     try:
         result = convert(opts)
     except Exception as exc:  # one bad variant must not sink the other fifteen
-        entry.verdict = f"error: {' '.join(str(exc).split())[:200]}"
+        entry.verdict = f"error: {one_line(exc, 200)}"
         return entry
     entry.size_bytes = package_bytes(result.path)
     if result.validation is not None:
@@ -74,19 +87,31 @@ def _convert_one(opts: Any) -> ZooEntry:
     return entry
 
 
+def check_zoo_output(out_dir: str | os.PathLike[str], force: bool, jobs: int = 1) -> None:
+    """Refuse before any work: a file in the way, earlier zoo packages, no workers."""
+    out_dir = as_path(out_dir)
+    if jobs < 1:
+        raise UserError(f"jobs must be >= 1, got {jobs}")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir} exists and is not a directory")
+    if not force and out_dir.is_dir() and any(out_dir.glob(f"{PACKAGE_PREFIX}*.mlpackage")):
+        raise OutputExistsError(f"{out_dir} already holds zoo packages")
+
+
 def run_zoo(
     base: Any,
-    out_dir: Path,
+    out_dir: str | os.PathLike[str],
     jobs: int = 2,
     on_done: Callable[[ZooEntry], None] | None = None,
     variants: list[tuple[float, int]] | None = None,
 ) -> list[ZooEntry]:
     """Convert every variant with ``base``'s options (alpha, res and output replaced)."""
+    out_dir = as_path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     variants = variants or [(a, r) for a in PAPER_ALPHAS for r in PAPER_RESOLUTIONS]
     todo = [
         replace(base, alpha=a, res=r,
-                output=out_dir / f"MobileNetV1_{_alpha_tag(a)}_{r}.mlpackage")
+                output=out_dir / f"{PACKAGE_PREFIX}{_alpha_tag(a)}_{r}.mlpackage")
         for a, r in variants
     ]
     entries: list[ZooEntry] = []
@@ -96,20 +121,15 @@ def run_zoo(
             if on_done:
                 on_done(entries[-1])
     else:
-        env_threads = os.environ.get("OMP_NUM_THREADS")
-        os.environ["OMP_NUM_THREADS"] = "1"
-        try:
-            with ProcessPoolExecutor(max_workers=jobs) as pool:
-                futures = [pool.submit(_convert_one, opts) for opts in todo]
-                for fut in as_completed(futures):
-                    entries.append(fut.result())
-                    if on_done:
-                        on_done(entries[-1])
-        finally:
-            if env_threads is None:
-                os.environ.pop("OMP_NUM_THREADS", None)
-            else:
-                os.environ["OMP_NUM_THREADS"] = env_threads
+        with ProcessPoolExecutor(
+            max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_init_worker,
+        ) as pool:
+            futures = [pool.submit(_convert_one, opts) for opts in todo]
+            for fut in as_completed(futures):
+                entries.append(fut.result())
+                if on_done:
+                    on_done(entries[-1])
     order = {v: i for i, v in enumerate(variants)}
     entries.sort(key=lambda e: order[(e.alpha, e.res)])
     return entries
@@ -132,8 +152,14 @@ def zoo_markdown(entries: list[ZooEntry]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(entries: list[ZooEntry], out_dir: Path) -> tuple[Path, Path]:
+def write_tables(
+    entries: list[ZooEntry], out_dir: str | os.PathLike[str]
+) -> tuple[Path, Path]:
+    """``zoo.md`` and ``zoo.json`` in ``out_dir``, each written atomically."""
+    out_dir = as_path(out_dir)
     md, js = out_dir / "zoo.md", out_dir / "zoo.json"
-    md.write_text(zoo_markdown(entries))
-    js.write_text(json.dumps([asdict(e) for e in entries], indent=2) + "\n")
+    for path, text in ((md, zoo_markdown(entries)),
+                       (js, json.dumps([asdict(e) for e in entries], indent=2) + "\n")):
+        with atomic_path(path, force=True) as tmp:
+            tmp.write_text(text)
     return md, js

@@ -21,7 +21,7 @@ def shared_fixture(name: str) -> Path:
 @pytest.fixture(scope="session")
 def small_packages(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """alpha 0.25 / res 128 random-weight packages: fp16 and fp32, validated at birth."""
-    from mnv1_coreml.convert import ConvertOptions, convert
+    from mnv1_coreml.pipeline import ConvertOptions, convert
 
     root = tmp_path_factory.mktemp("small")
     made = {}

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from mnv1_coreml.compress import CompressionSpec, compress, required_target
-from mnv1_coreml.compress._coremltools import ct, load_program
+from mnv1_coreml.compress import Palettize, QuantizeInt8, compress, required_target
+from mnv1_coreml.compress.config import CONFIGS, from_metadata, to_metadata
 from mnv1_coreml.compress.palettize import find_weight_sites, iter_ops, readback_sse
+from mnv1_coreml.coreml import ct, load_program
+from mnv1_coreml.errors import UserError
 from mnv1_coreml.model import MobileNetConfig, MobileNetV1
 
 ALPHA, RES = 0.25, 128
@@ -81,7 +83,7 @@ def test_smallest_weights_are_tiny(sites: list) -> None:
 def test_per_tensor_palettization_covers_every_weight(
     ios16: ct.models.MLModel, sites: list, nbits: int
 ) -> None:
-    spec = CompressionSpec(palettize_bits=nbits)
+    spec = Palettize(nbits)
     assert required_target(spec) == ct.target.iOS16
     new, report = compress(ios16, spec)
     assert report.uncompressed == [] and report.lut_cache_misses == 0
@@ -111,7 +113,7 @@ def test_per_tensor_palettization_covers_every_weight(
 def test_more_bits_less_error_and_small_tensors_exact(ios16: ct.models.MLModel) -> None:
     totals = {}
     for nbits in (4, 8):
-        _, report = compress(ios16, CompressionSpec(palettize_bits=nbits))
+        _, report = compress(ios16, Palettize(nbits))
         totals[nbits] = {w.name: w.sse for w in report.compressed}
         if nbits == 8:
             # An 8-channel 3x3 depthwise conv has 72 weights: 256 entries hold them exactly.
@@ -121,8 +123,8 @@ def test_more_bits_less_error_and_small_tensors_exact(ios16: ct.models.MLModel) 
 
 
 def test_not_worse_than_coremltools_kmeans(ios16: ct.models.MLModel) -> None:
-    _, ours = compress(ios16, CompressionSpec(palettize_bits=4))
-    _, theirs = compress(ios16, CompressionSpec(palettize_bits=4, method="coremltools"))
+    _, ours = compress(ios16, Palettize(4))
+    _, theirs = compress(ios16, Palettize(4, method="coremltools"))
     assert theirs.uncompressed == [] and len(theirs.compressed) == N_WEIGHTS
     theirs_sse = {w.name: w.sse for w in theirs.compressed}
     for w in ours.compressed:
@@ -130,7 +132,7 @@ def test_not_worse_than_coremltools_kmeans(ios16: ct.models.MLModel) -> None:
 
 
 def test_int8_quantization_covers_every_weight(ios16: ct.models.MLModel, sites: list) -> None:
-    spec = CompressionSpec(quantize="int8")
+    spec = QuantizeInt8()
     assert required_target(spec) == ct.target.iOS16
     new, report = compress(ios16, spec)
     assert report.uncompressed == [] and len(report.compressed) == N_WEIGHTS
@@ -146,7 +148,7 @@ def test_int8_quantization_covers_every_weight(ios16: ct.models.MLModel, sites: 
 
 
 def test_int8_on_ios18_uses_blockwise_shift_scale(ios18: ct.models.MLModel) -> None:
-    new, report = compress(ios18, CompressionSpec(quantize="int8"))
+    new, report = compress(ios18, QuantizeInt8())
     assert report.uncompressed == [] and len(report.compressed) == N_WEIGHTS
     assert {op.op_type for op in weight_producers(new).values()} == {
         "constexpr_blockwise_shift_scale"
@@ -158,20 +160,20 @@ def test_model_loaded_from_disk(ios16: ct.models.MLModel, tmp_path) -> None:
     path = tmp_path / "m.mlpackage"
     ios16.save(str(path))
     loaded = ct.models.MLModel(str(path), skip_model_load=True)
-    new, report = compress(loaded, CompressionSpec(palettize_bits=6))
+    new, report = compress(loaded, Palettize(6))
     assert report.uncompressed == [] and len(report.compressed) == N_WEIGHTS
     assert {op.op_type for op in weight_producers(new).values()} == {"constexpr_lut_to_dense"}
 
 
 def test_grouped_palettes_need_ios18(ios16: ct.models.MLModel) -> None:
-    spec = CompressionSpec(palettize_bits=4, granularity="per-grouped-channel", group_size=16)
+    spec = Palettize(4, granularity="per-grouped-channel", group_size=16)
     assert required_target(spec) == ct.target.iOS18
-    with pytest.raises(ValueError, match="iOS18"):
+    with pytest.raises(UserError, match="iOS18"):
         compress(ios16, spec)
 
 
 def test_grouped_palettes_cover_every_weight(ios18: ct.models.MLModel) -> None:
-    spec = CompressionSpec(palettize_bits=4, granularity="per-grouped-channel", group_size=16)
+    spec = Palettize(4, granularity="per-grouped-channel", group_size=16)
     new, report = compress(ios18, spec)
     assert report.uncompressed == [] and len(report.compressed) == N_WEIGHTS
     # Precomputed palettes matched coremltools' grouping exactly: nothing computed late.
@@ -191,16 +193,16 @@ def test_grouped_palettes_cover_every_weight(ios18: ct.models.MLModel) -> None:
     assert report.group_sizes["classifier_weight_to_fp16"] == 10
     assert any("classifier_weight_to_fp16" in line for line in report.summary_lines())
     by_name = {w.name: w.sse for w in report.compressed}
-    _, per_tensor = compress(ios18, CompressionSpec(palettize_bits=4))
+    _, per_tensor = compress(ios18, Palettize(4))
     # More palettes can only fit better.
     for w in per_tensor.compressed:
         assert by_name[w.name] <= w.sse * (1 + 1e-9)
 
 
 def test_three_bits_needs_ios18_and_works_there(ios16, ios18) -> None:
-    spec = CompressionSpec(palettize_bits=3)
+    spec = Palettize(3)
     assert required_target(spec) == ct.target.iOS18
-    with pytest.raises(ValueError, match="iOS18"):
+    with pytest.raises(UserError, match="iOS18"):
         compress(ios16, spec)
     new, report = compress(ios18, spec)
     assert report.uncompressed == [] and len(report.compressed) == N_WEIGHTS
@@ -210,18 +212,57 @@ def test_three_bits_needs_ios18_and_works_there(ios16, ios18) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"palettize_bits": 8, "quantize": "int8"}, "mutually exclusive"),
-        ({}, "nothing to compress"),
-        ({"palettize_bits": 5}, "palettize_bits must be one of"),
-        ({"palettize_bits": True}, "palettize_bits must be one of"),
-        ({"quantize": "int4"}, "quantize must be 'int8'"),
-        ({"palettize_bits": 8, "granularity": "per-channel"}, "granularity must be"),
-        ({"quantize": "int8", "granularity": "per-grouped-channel"}, "palettization only"),
-        ({"palettize_bits": 8, "group_size": 0}, "group_size must be"),
-        ({"palettize_bits": 8, "method": "lloyd"}, "method must be"),
+        ({"bits": 5}, "takes 8, 6, 4"),
+        ({"bits": True}, "takes 8, 6, 4"),
+        ({"bits": 8, "granularity": "per-channel"}, "granularity must be"),
+        ({"bits": 8, "group_size": 0}, "group size must be"),
+        ({"bits": 8, "method": "lloyd"}, "method must be"),
     ],
 )
-def test_spec_validation(kwargs: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message) as info:
-        CompressionSpec(**kwargs)
+def test_config_validation(kwargs: dict, message: str) -> None:
+    with pytest.raises(UserError, match=message) as info:
+        Palettize(**kwargs)
     assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        None,
+        Palettize(8),
+        Palettize(6),
+        Palettize(4),
+        Palettize(3),
+        Palettize(1),
+        Palettize(4, granularity="per-grouped-channel", group_size=8),
+        Palettize(8, method="coremltools"),
+        QuantizeInt8(),
+    ],
+)
+def test_metadata_round_trip(config) -> None:
+    text = to_metadata(config)
+    assert json.loads(text)["mode"] == ("none" if config is None else config.mode)
+    assert from_metadata(text) == config
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("palettized, 8 bits", "not JSON"),
+        ('{"bits": 8}', "no mode"),
+        ('{"mode": "sparse"}', "mode 'sparse' is unknown"),
+        ('{"mode": "palettize", "bits": 5, "granularity": "per-tensor"}', "takes 8, 6, 4"),
+        ('{"mode": "palettize", "bits": "8", "granularity": "per-tensor"}', "integer"),
+        ('{"mode": "int8", "bits": 4}', "int8 with bits 4"),
+    ],
+)
+def test_metadata_garbage_is_a_user_error(text: str, message: str) -> None:
+    with pytest.raises(UserError, match=message):
+        from_metadata(text)
+
+
+def test_every_config_has_a_pass_and_a_target() -> None:
+    from mnv1_coreml.compress.api import _PASSES
+
+    for mode, cls in CONFIGS.items():
+        assert cls in _PASSES, mode

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 
 from mnv1_coreml.cli import main
-from mnv1_coreml.convert import META, ConvertOptions, convert
 from mnv1_coreml.coreml import ct
 from mnv1_coreml.labels import imagenet_labels
+from mnv1_coreml.metadata import META
 from mnv1_coreml.modelspec import read_contract
 
 REQUIRED_META = [
     "alpha", "resolution", "weights", "weights_source", "weights_sha256", "precision",
     "palettization", "quantization", "padding", "activation", "bn_eps", "normalization",
-    "mult_adds", "params", "paper_mult_adds_millions", "version", "validation",
+    "mult_adds", "params", "paper_mult_adds_millions", "version", "validation", "compression",
 ]
 
 
@@ -77,22 +77,49 @@ def test_spec_contract(small_packages: dict[str, Path], precision: str) -> None:
     assert "softmax" in kinds and kinds[-1] == "classify"
 
 
-def test_palettized_every_weight(tmp_path: Path) -> None:
-    from mnv1_coreml.compress import CompressionSpec
-
+def test_palettized_every_weight(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "pal8.mlpackage"
-    result = convert(ConvertOptions(
-        alpha=0.25, res=128, weights="random", output=out,
-        compression=CompressionSpec(palettize_bits=8),
-    ))
-    assert result.target == "iOS16"
+    code = main(["convert", "--alpha", "0.25", "--res", "128", "--weights", "random",
+                 "--palettize", "8", "-o", str(out)])
+    text, err = capfd.readouterr()
+    assert code == 0, err
+    assert "target iOS16" in text and "compressed 28/28 conv/linear weights" in text
+    assert "NOT compressed" not in text and "validate PASS" in text
+    # defect 6: coremltools' own bars never reach the user (ours is the only display)
+    for noise in ("Running compression pass", "Converting PyTorch Frontend", "Running MIL",
+                  " ops/s]", "passes/s]"):
+        assert noise not in err, (noise, err)
     producers = weight_producers(out)
     assert len(producers) == 28  # stem + 13 x (dw, pw) + FC
     assert set(producers.values()) == {"constexpr_lut_to_dense"}, producers
-    assert result.compression_report.uncompressed == []
     meta = read_contract(out).metadata
     assert meta[f"{META}palettization"].startswith("8-bit per-tensor")
-    assert result.validation.passed, result.validation.verdict_line()
+    assert json.loads(meta[f"{META}compression"]) == {
+        "mode": "palettize", "bits": 8, "granularity": "per-tensor", "group_size": None,
+        "method": "optimal",
+    }
+
+
+def test_quiet_coremltools_restores_everything() -> None:
+    import logging
+    import warnings
+
+    import tqdm
+    from coremltools.optimize.coreml import _quantization_passes
+
+    from mnv1_coreml.coreml import quiet_coremltools
+
+    logger = logging.getLogger("coremltools")
+    level, bar, filters = logger.level, _quantization_passes.tqdm, list(warnings.filters)
+    with quiet_coremltools():
+        assert logger.level == logging.ERROR
+        assert _quantization_passes.tqdm is not bar
+        assert _quantization_passes.tqdm([1], desc="x").disable
+        with quiet_coremltools():  # re-entrant
+            pass
+        assert _quantization_passes.tqdm is not bar
+    assert (logger.level, _quantization_passes.tqdm) == (level, bar)
+    assert bar is tqdm.tqdm and warnings.filters == filters
 
 
 def test_random_weights_have_real_spread(small_packages: dict[str, Path]) -> None:

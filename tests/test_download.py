@@ -29,7 +29,6 @@ from mnv1_coreml.weights.download import (
     CACHE_ENV,
     default_cache_dir,
     sidecar_path,
-    terminal_progress,
 )
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -330,14 +329,3 @@ def test_bad_base_url(cache: Path) -> None:
         load_weights("imagenet", 0.25, 128, cache_dir=cache, base_url="nosuchscheme://host/x")
     one_line(exc, "nosuchscheme://host/x/" + NAME, BASE_URL_ENV)
     assert listing(cache) == []
-
-
-def test_terminal_progress(capsys: pytest.CaptureFixture[str]) -> None:
-    with terminal_progress("weights") as quiet:
-        assert quiet is None  # stderr is not a terminal under pytest: the library stays quiet
-    with terminal_progress("weights", force=True) as bar:
-        assert bar is not None
-        bar(0, None)
-        bar(512, 1024)
-        bar(1024, 1024)
-    assert capsys.readouterr().out == ""

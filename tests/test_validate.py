@@ -11,11 +11,13 @@ import pytest
 import torch
 
 from mnv1_coreml.cli import main
-from mnv1_coreml.convert import ConvertOptions, convert
 from mnv1_coreml.coreml import ct
+from mnv1_coreml.errors import UserError
 from mnv1_coreml.golden import golden_for, read_golden, write_golden
 from mnv1_coreml.images import INCEPTION
-from mnv1_coreml.validate import compare_image, model_kind, validate
+from mnv1_coreml.metadata import model_kind
+from mnv1_coreml.pipeline import ConvertOptions, convert
+from mnv1_coreml.validation import compare_image, validate
 from mnv1_coreml.weights import load_weights, save_state_dict_file
 
 
@@ -145,7 +147,7 @@ def test_coreml_backend_refused_off_macos(setup, capsys) -> None:
 
 
 def test_ambiguous_top1_is_not_a_failure() -> None:
-    from mnv1_coreml.validate import TOLERANCES
+    from mnv1_coreml.validation import TOLERANCES
 
     labels = [f"c{i}" for i in range(5)]
     golden = np.array([1.0, 0.99, 0.0, -1.0, -2.0])
@@ -158,7 +160,7 @@ def test_ambiguous_top1_is_not_a_failure() -> None:
 
 
 def test_probabilities_with_fp16_underflow() -> None:
-    from mnv1_coreml.validate import TOLERANCES
+    from mnv1_coreml.validation import TOLERANCES
 
     labels = [f"c{i}" for i in range(4)]
     golden = np.array([10.0, 5.0, 0.0, -30.0])  # class 3: e^-40, below fp16's 2^-24
@@ -175,12 +177,106 @@ def test_probabilities_with_fp16_underflow() -> None:
 
 def test_model_kind_from_metadata() -> None:
     assert model_kind({"mnv1.precision": "fp32"}) == "fp32"
-    assert model_kind({"mnv1.precision": "fp16"}) == "fp16"
-    assert model_kind({"mnv1.palettization": "6-bit per-tensor kmeans-optimal"}) == "palettized-6"
-    assert model_kind({"mnv1.quantization": "int8 linear-symmetric per-channel"}) == "int8"
-    assert model_kind({"mnv1.palettization": "2-bit per-tensor kmeans-optimal"}) == "palettized-low"
+    assert model_kind({"mnv1.precision": "fp16", "mnv1.compression": '{"mode":"none"}'}) == "fp16"
+    pal6 = '{"mode":"palettize","bits":6,"granularity":"per-tensor","group_size":null}'
+    assert model_kind({"mnv1.compression": pal6}) == "palettized-6"
+    assert model_kind({"mnv1.compression": '{"mode":"int8","bits":8}'}) == "int8"
+    pal2 = '{"mode":"palettize","bits":2,"granularity":"per-grouped-channel","group_size":4}'
+    assert model_kind({"mnv1.compression": pal2}) == "palettized-low"
+    # prose is never parsed: the human-readable key alone says nothing about the kind
+    assert model_kind({"mnv1.palettization": "6-bit per-tensor kmeans-optimal"}) == "fp16"
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        {"mnv1.compression": "6-bit"},
+        {"mnv1.compression": '{"mode":"w4a4"}'},
+        {"mnv1.compression": '{"mode":"palettize","bits":7,"granularity":"per-tensor"}'},
+        {"mnv1.precision": "bf16"},
+    ],
+)
+def test_model_kind_rejects_unknown_metadata(metadata: dict) -> None:
+    with pytest.raises(UserError, match="mnv1"):
+        model_kind(metadata)
 
 
 def test_validate_api_reports_backend(setup) -> None:
     report = validate(setup["good"], read_golden(setup["golden"]), backend="reference")
     assert report.backend == "reference" and report.passed
+
+
+def test_golden_with_other_architecture_settings_is_named(setup, capsys, tmp_path: Path) -> None:
+    # same weights, same alpha/res, but made with TF padding and another BN eps
+    other = tmp_path / "golden_tf"
+    write_golden(golden_for(0.25, 128, str(setup["weights"]),
+                            overrides={"padding": "tf", "bn_eps": 1e-3}), other)
+    code, text = run_validate(setup["good"], other, capsys)
+    assert code == 1
+    assert "architecture setting differs from the golden's: padding: model has torch, golden " \
+           "has tf" in text
+    assert "bn_eps: model has 1e-05, golden has 0.001" in text
+
+
+def test_golden_lookup_matches_architecture_settings(setup, tmp_path: Path, monkeypatch) -> None:
+    from mnv1_coreml.golden import find_golden
+    from mnv1_coreml.metadata import settings_of
+    from mnv1_coreml.modelspec import read_contract
+
+    root = tmp_path / "goldens"
+    root.mkdir()
+    # sorted first, so a lookup that ignores the settings picks it
+    write_golden(golden_for(0.25, 128, str(setup["weights"]), overrides={"padding": "tf"}),
+                 root / "a_tf")
+    write_golden(read_golden(setup["golden"]), root / "b_plain")
+    monkeypatch.setenv("MNV1_COREML_GOLDEN", str(root))
+    meta = read_contract(setup["good"]).metadata
+    sha = meta["mnv1.weights_sha256"]
+    assert find_golden(0.25, 128, sha, settings_of(meta)) == root / "b_plain"
+    tf_meta = {**meta, "mnv1.padding": "tf"}
+    assert find_golden(0.25, 128, sha, settings_of(tf_meta)) == root / "a_tf"
+    relu = {**meta, "mnv1.activation": "relu"}
+    assert find_golden(0.25, 128, sha, settings_of(relu)) is None
+    report = validate(str(setup["good"]), backend="reference")  # str path, golden found
+    assert report.passed and report.golden == str(root / "b_plain")
+
+
+def test_golden_command_keeps_overrides_and_quotes_paths(
+    setup, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    import shlex
+
+    from mnv1_coreml.modelspec import read_contract
+    from mnv1_coreml.validation import golden_command
+
+    meta = {**read_contract(setup["good"]).metadata, "mnv1.weights": "/my weights/w's.pt",
+            "mnv1.padding": "tf", "mnv1.bn_eps": "0.001"}
+    args = shlex.split(golden_command(meta))
+    assert args[:2] == ["mnv1-coreml", "golden"]
+    assert args[args.index("--weights") + 1] == "/my weights/w's.pt"
+    assert args[args.index("--padding") + 1] == "tf"
+    assert args[args.index("--activation") + 1] == "relu6"
+    assert float(args[args.index("--bn-eps") + 1]) == 1e-3
+    mean = [float(v) for v in args[args.index("--mean") + 1].split(",")]
+    std = [float(v) for v in args[args.index("--std") + 1].split(",")]
+    assert mean == [0.485, 0.456, 0.406] and std == [0.229, 0.224, 0.225]
+    # the command's options are the CLI's own: it parses, and stops at the missing file
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "golden").mkdir()
+    assert main(args[1:]) == 2
+    assert "w's.pt" in capsys.readouterr().err
+    assert list((tmp_path / "golden").iterdir()) == []
+
+
+def test_unknown_compression_metadata_is_a_one_line_error(setup, capsys, tmp_path: Path) -> None:
+    bad = tmp_path / "unknown.mlpackage"
+    shutil.copytree(setup["good"], bad)
+
+    def future_mode(spec) -> None:
+        spec.description.metadata.userDefined["mnv1.compression"] = '{"mode": "w4a4"}'
+
+    edit_spec(bad, future_mode)
+    code = main(["validate", str(bad), "--golden", str(setup["golden"])])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 2 and len(err) == 1, err
+    assert "mnv1.compression mode 'w4a4' is unknown" in err[0]

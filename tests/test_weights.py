@@ -13,22 +13,22 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from mnv1_coreml.catalog import KERAS_VARIANTS, published_accuracy
 from mnv1_coreml.errors import WeightsError
+from mnv1_coreml.hashing import file_sha256
 from mnv1_coreml.images import IMAGENET, INCEPTION
 from mnv1_coreml.model import MobileNetConfig, MobileNetV1, weight_keys
 from mnv1_coreml.weights import (
     KERAS_SETTINGS,
-    KERAS_VARIANTS,
     TIMM_SETTINGS,
     ArchSettings,
     LoadedWeights,
     build_model,
     load_weights,
-    published_accuracy,
     save_state_dict_file,
 )
-from mnv1_coreml.weights.core import file_sha256
-from mnv1_coreml.weights.timm import TIMM_FILENAME, TIMM_REPO, ours_to_timm, timm_key_map
+from mnv1_coreml.weights.layouts import ours_to_timm, timm_key_map
+from mnv1_coreml.weights.timm import TIMM_FILENAME, TIMM_REPO
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
@@ -60,20 +60,78 @@ def assert_one_line(exc: pytest.ExceptionInfo[WeightsError], *needles: str) -> s
 
 # --- ground truth -------------------------------------------------------------------------------
 
+SLOW = pytest.mark.slow  # 1.0-224
 CASES = [
     # name, directory, weights file, alpha, res, format, settings
-    ("keras_mobilenet_0.25_128", DATA, "keras_mobilenet_0.25_128.h5", 0.25, 128, "keras-h5",
-     KERAS_SETTINGS),
-    ("keras_mobilenet_1.0_224", SHARED_FIXTURES, "keras_mobilenet_1.0_224.h5", 1.0, 224,
-     "keras-h5", KERAS_SETTINGS),
-    ("timm_mobilenetv1_100", SHARED_FIXTURES, "timm_mobilenetv1_100.safetensors", 1.0, 224,
-     "timm", TIMM_SETTINGS),
+    pytest.param(
+        "keras_mobilenet_0.25_128",
+        DATA,
+        "keras_mobilenet_0.25_128.h5",
+        0.25,
+        128,
+        "keras-h5",
+        KERAS_SETTINGS,
+        id="keras_mobilenet_0.25_128",
+    ),
+    pytest.param(
+        "keras_mobilenet_1.0_224",
+        SHARED_FIXTURES,
+        "keras_mobilenet_1.0_224.h5",
+        1.0,
+        224,
+        "keras-h5",
+        KERAS_SETTINGS,
+        id="keras_mobilenet_1.0_224",
+        marks=SLOW,
+    ),
+    pytest.param(
+        "timm_mobilenetv1_100",
+        SHARED_FIXTURES,
+        "timm_mobilenetv1_100.safetensors",
+        1.0,
+        224,
+        "timm",
+        TIMM_SETTINGS,
+        id="timm_mobilenetv1_100",
+        marks=SLOW,
+    ),
+    # fine-tuned classifiers with their own classes (issue 10)
+    pytest.param(
+        "keras_transfer_0.25_128",
+        SHARED_FIXTURES,
+        "keras_transfer_0.25_128.h5",
+        0.25,
+        128,
+        "keras-h5",
+        KERAS_SETTINGS,
+        id="keras_transfer_0.25_128",
+    ),
+    pytest.param(
+        "keras3_transfer_0.25_128",
+        SHARED_FIXTURES,
+        "keras3_transfer_0.25_128.keras",
+        0.25,
+        128,
+        "keras3",
+        KERAS_SETTINGS,
+        id="keras3_transfer_0.25_128",
+    ),
+    pytest.param(
+        "timm_mobilenetv1_100_nc10",
+        SHARED_FIXTURES,
+        "timm_mobilenetv1_100_nc10.safetensors",
+        1.0,
+        224,
+        "timm",
+        TIMM_SETTINGS,
+        id="timm_mobilenetv1_100_nc10",
+        marks=SLOW,
+    ),
 ]
 
 
 @pytest.mark.parametrize(
-    ("name", "directory", "filename", "alpha", "res", "fmt", "settings"), CASES,
-    ids=[c[0] for c in CASES],
+    ("name", "directory", "filename", "alpha", "res", "fmt", "settings"), CASES
 )
 def test_logits_match_the_library(
     name: str, directory: Path, filename: str, alpha: float, res: int, fmt: str,
@@ -85,6 +143,8 @@ def test_logits_match_the_library(
     assert (weights.source, weights.format, weights.settings) == ("file", fmt, settings)
     assert weights.settings.normalization == INCEPTION  # Keras x/127.5-1 and timm mean=std=0.5
     assert weights.sha256 == file_sha256(path)
+    assert weights.num_classes == expected["logits"].shape[1]
+    assert weights.alpha == alpha
     got = logits(weights, alpha, res, expected["images"])
     err = float(np.abs(got - expected["logits"]).max())
     print(f"{name}: max abs logit error {err:.3g}")
@@ -189,7 +249,7 @@ def test_keras_file_without_classifier(tmp_path: Path) -> None:
     path = rewrite_h5(KERAS_SMALL, tmp_path / "no_top.h5", no_top)
     with pytest.raises(WeightsError) as exc:
         load_weights(str(path), 0.25, 128)
-    assert_one_line(exc, "missing conv_preds/kernel:0, conv_preds/bias:0", "_no_top")
+    assert_one_line(exc, "has no classifier", "_no_top", "Dense(N)")
 
 
 def test_keras_file_of_another_alpha() -> None:
@@ -205,7 +265,7 @@ def test_state_dict_of_another_alpha(tmp_path: Path) -> None:
     weights = load_weights(str(path), 1.0, 128)
     with pytest.raises(WeightsError) as exc:
         build_model(1.0, 128, weights)
-    assert_one_line(exc, "alpha=0.75", "--alpha 0.75", "wrong shape", "stem.conv.weight")
+    assert_one_line(exc, "alpha=0.75", "--alpha 0.75", "blocks.12.pw.conv.weight has 768 filters")
 
 
 def test_state_dict_missing_unexpected_and_wrong_shape_in_one_error(tmp_path: Path) -> None:
@@ -460,3 +520,18 @@ def test_published_accuracy() -> None:
     assert small["slim2017_top1"] == 41.3
     assert all(published_accuracy(v.alpha, v.res) is not None for v in KERAS_VARIANTS)
     assert published_accuracy(0.35, 224) is None and published_accuracy(1.0, 256) is None
+
+
+def test_random_weights_do_not_depend_on_thread_count() -> None:
+    """Goldens are found by the weights' SHA-256: a 1-thread zoo worker must make the same."""
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        two = load_weights("random", 0.25, 128).sha256
+        torch.set_num_threads(1)
+        one = load_weights("random", 0.25, 128).sha256
+    finally:
+        torch.set_num_threads(threads)
+    assert one == two
+    manifest = (Path(__file__).parent.parent / "golden" / "random-0_0.25_128" / "manifest.json")
+    assert f'"weights_sha256": "{one}"' in manifest.read_text()

@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
-from mnv1_coreml.convert import ConvertOptions
+from mnv1_coreml import zoo
+from mnv1_coreml.pipeline import ConvertOptions
 from mnv1_coreml.zoo import run_zoo, write_tables
 
 
-def test_zoo_two_variants_in_parallel(tmp_path: Path) -> None:
-    base = ConvertOptions(weights="random", output=tmp_path / "x.mlpackage")
-    entries = run_zoo(base, tmp_path, jobs=2, variants=[(0.25, 128), (0.25, 160)])
+def test_zoo_two_variants_in_parallel(tmp_path: Path, monkeypatch) -> None:
+    pools = []
+
+    def recording_pool(*args, **kwargs):
+        pools.append(kwargs)
+        return real_pool(*args, **kwargs)
+
+    real_pool = zoo.ProcessPoolExecutor
+    monkeypatch.setattr(zoo, "ProcessPoolExecutor", recording_pool)
+    threads_before = os.environ.get("OMP_NUM_THREADS")
+    seen_during = []
+    base = ConvertOptions(weights="random", output=str(tmp_path / "x.mlpackage"))
+    entries = run_zoo(base, str(tmp_path), jobs=2, variants=[(0.25, 128), (0.25, 160)],
+                      on_done=lambda _e: seen_during.append(os.environ.get("OMP_NUM_THREADS")))
+    # spawned workers (no fork after torch/numba started threads), set up by an initializer;
+    # the parent's environment is never touched, not even while the workers run
+    assert [p["mp_context"].get_start_method() for p in pools] == ["spawn"]
+    assert pools[0]["initializer"] is zoo._init_worker
+    assert seen_during == [threads_before] * 2
     assert [(e.alpha, e.res) for e in entries] == [(0.25, 128), (0.25, 160)]
     for e in entries:
         assert e.verdict == "PASS", e.verdict

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._coremltools import Program, cto
+from ..coreml import Program, cto
 from .kmeans import Palette, palettize_array
 
 __all__ = [

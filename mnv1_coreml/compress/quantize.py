@@ -7,7 +7,7 @@ very different ranges of MobileNet's depthwise and pointwise filters. Core ML re
 
 from __future__ import annotations
 
-from ._coremltools import cto
+from ..coreml import cto
 from .palettize import WeightSite
 
 __all__ = ["DEQUANTIZE_OPS", "quantizer_config"]

@@ -2,39 +2,36 @@
 
 Specs: ``imagenet`` (the published Keras Applications files, 16 alpha x res variants, downloaded
 once into a verified cache), ``timm`` (timm's ImageNet weights, alpha 1.0, via huggingface_hub),
-``random`` (seeded, He init, calibrated BatchNorm), or a path: a Keras ``.h5``, or a state dict
-in our layout or timm's (``.safetensors``, or ``.pt``/``.pth`` read with ``weights_only=True``).
-Each source also fixes the architecture settings its weights were trained with (padding,
-activation, BN epsilon, input normalisation): :class:`ArchSettings`.
+``random`` (seeded, He init, calibrated BatchNorm), or a path: a Keras 2 ``.h5``, a Keras 3
+``.keras``, or a state dict in our layout or timm's (``.safetensors``, or ``.pt``/``.pth`` read
+with ``weights_only=True``), with any number of classes. Each source also fixes the
+architecture settings its weights were trained with (padding, activation, BN epsilon, input
+normalisation): :class:`ArchSettings`.
+
+Layers (no cycles): leaves ``settings``, ``sniff``, ``layouts``, ``checkpoint``, ``download``
+and ``keras_common``; loaders ``files``, ``keras``, ``keras3``, ``timm``, ``random_init``, each
+importing only leaves; ``resolve`` maps a spec to a loader through a table.
+``build_model`` lives beside the model (:mod:`mnv1_coreml.model`) and is re-exported here.
 """
 
-from .catalog import KERAS_VARIANTS, KerasVariant, keras_variant, published_accuracy
-from .core import (
-    KERAS_SETTINGS,
-    TIMM_SETTINGS,
-    ArchSettings,
-    LoadedWeights,
-    build_model,
-    check_state_dict,
-    load_weights,
-)
-from .download import ProgressCallback, default_cache_dir, terminal_progress
-from .files import save_state_dict_file
+from ..model import build_model, check_state_dict
+from .checkpoint import read_state_dict_file, save_state_dict_file
+from .download import ProgressCallback, default_cache_dir
+from .resolve import KEYWORD_SPECS, load_weights, model_size
+from .settings import KERAS_SETTINGS, TIMM_SETTINGS, ArchSettings, LoadedWeights
 
 __all__ = [
     "KERAS_SETTINGS",
-    "KERAS_VARIANTS",
+    "KEYWORD_SPECS",
     "TIMM_SETTINGS",
     "ArchSettings",
-    "KerasVariant",
     "LoadedWeights",
     "ProgressCallback",
     "build_model",
     "check_state_dict",
     "default_cache_dir",
-    "keras_variant",
     "load_weights",
-    "published_accuracy",
+    "model_size",
+    "read_state_dict_file",
     "save_state_dict_file",
-    "terminal_progress",
 ]

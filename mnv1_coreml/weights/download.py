@@ -5,7 +5,8 @@ Content-Length, structure by the caller's ``verify``, SHA-256 when one is pinned
 renamed into place with :func:`os.replace`. On any failure, Ctrl-C included, the temporary file
 is removed. Each cache entry gets a ``<name>.sha256`` sidecar (``sha256sum -c`` format) written
 at download time, so later silent corruption is caught on a cache hit, not only truncation.
-Stdlib ``urllib`` only; the library prints nothing unless given a ``progress`` callback.
+Stdlib ``urllib`` only; the library prints nothing unless given a ``progress`` callback
+(the CLI draws the bar).
 """
 
 from __future__ import annotations
@@ -16,17 +17,18 @@ import hashlib
 import http.client
 import logging
 import os
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from ..errors import WeightsError
+from ..errors import WeightsError, one_line
+from ..hashing import file_sha256
 
 #: ``progress(bytes_done, bytes_total_or_None)``, called after every chunk.
 ProgressCallback = Callable[[int, "int | None"], None]
@@ -52,7 +54,7 @@ def default_cache_dir() -> Path:
     return root / "mnv1-coreml"
 
 
-def resolve_cache_dir(cache_dir: str | Path | None = None) -> Path:
+def resolve_cache_dir(cache_dir: str | os.PathLike[str] | None = None) -> Path:
     return Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
 
 
@@ -68,18 +70,18 @@ def sidecar_path(path: Path) -> Path:
 
 @dataclass(frozen=True)
 class Fetched(Generic[T]):
-    """A verified cache entry: its path, SHA-256, what ``verify`` returned, and whether it was
-    downloaded now (False: a cache hit)."""
+    """A verified cache entry: its path, SHA-256, and what ``verify`` returned."""
 
     path: Path
     sha256: str
     value: T
-    downloaded: bool
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())
-    return text[:200] or type(exc).__name__
+def _user_agent() -> str:
+    try:
+        return f"mnv1-coreml/{version('mnv1-coreml')}"
+    except PackageNotFoundError:  # a source tree that was never installed
+        return "mnv1-coreml"
 
 
 def _read_sidecar(path: Path) -> str | None:
@@ -105,29 +107,21 @@ def _remove_entry(path: Path) -> None:
     path.unlink(missing_ok=True)
 
 
-def _hash_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _check_cached(path: Path, verify: Callable[[Path, str], T]) -> tuple[str, T] | None:
     """(sha256, value) of a sound cache entry; a corrupt one is deleted and None returned."""
     try:
-        actual = _hash_file(path)
+        actual = file_sha256(path)
         recorded = _read_sidecar(path)
         if recorded is not None and recorded != actual:
             raise WeightsError(f"SHA-256 {actual} differs from {recorded} recorded at download")
         value = verify(path, str(path))
     except (WeightsError, OSError) as exc:
-        log.info("cache entry %s is unusable (%s); fetching it again", path, _one_line(exc))
+        log.info("cache entry %s is unusable (%s); fetching it again", path, one_line(exc, 200))
         try:
             _remove_entry(path)
         except OSError as rm_exc:
             raise WeightsError(
-                f"cache entry {path} is corrupt and cannot be removed ({_one_line(rm_exc)}); "
+                f"cache entry {path} is corrupt and cannot be removed ({one_line(rm_exc, 200)}); "
                 "delete it by hand"
             ) from None
         return None
@@ -143,21 +137,20 @@ def _offline_hint(dest: Path) -> str:
 
 def download(
     url: str,
-    out: Path,
+    out: str | os.PathLike[str],
     *,
     timeout: float = DEFAULT_TIMEOUT,
     progress: ProgressCallback | None = None,
-    cache_path: Path | None = None,
+    cache_path: str | os.PathLike[str] | None = None,
 ) -> str:
     """Stream ``url`` into the file ``out`` (created/truncated); return the SHA-256 of its bytes.
 
     Raises WeightsError (one line) on connection failure, HTTP error, timeout, or a body shorter
     than its Content-Length. ``cache_path`` is only named in messages.
     """
-    from .. import __version__
-
-    dest = cache_path or out
-    request = urllib.request.Request(url, headers={"User-Agent": f"mnv1-coreml/{__version__}"})
+    out = Path(out)
+    dest = Path(cache_path) if cache_path is not None else out
+    request = urllib.request.Request(url, headers={"User-Agent": _user_agent()})
     h = hashlib.sha256()
     done = 0
     total: int | None = None
@@ -184,7 +177,7 @@ def download(
             f"--weights PATH to it (it would be cached at {dest})"
         ) from None
     except urllib.error.URLError as exc:
-        reason = exc.reason if isinstance(exc.reason, str) else _one_line(exc.reason)
+        reason = exc.reason if isinstance(exc.reason, str) else one_line(exc.reason, 200)
         if "url type" in reason:
             raise WeightsError(
                 f"cannot download {url}: not a usable URL ({reason}); check ${BASE_URL_ENV} or "
@@ -198,12 +191,12 @@ def download(
         ) from None
     except ValueError as exc:  # urllib's "unknown url type" and friends
         raise WeightsError(
-            f"cannot download {url}: not a usable URL ({_one_line(exc)}); check "
+            f"cannot download {url}: not a usable URL ({one_line(exc, 200)}); check "
             f"${BASE_URL_ENV} or the base_url given"
         ) from None
     except (http.client.HTTPException, ConnectionError) as exc:
         raise WeightsError(
-            f"download of {url} failed after {done} bytes ({_one_line(exc)}); nothing was "
+            f"download of {url} failed after {done} bytes ({one_line(exc, 200)}); nothing was "
             "cached. Try again, or fetch the file elsewhere and pass --weights PATH"
         ) from None
     if total is not None and done != total:
@@ -216,7 +209,7 @@ def download(
 
 def fetch_cached(
     url: str,
-    dest: Path,
+    dest: str | os.PathLike[str],
     verify: Callable[[Path, str], T],
     *,
     sha256: str | None = None,
@@ -231,12 +224,13 @@ def fetch_cached(
     cached file with another hash is left alone and a fresh copy must match the pin to replace
     it. Nothing is renamed into ``dest`` before it passed every check.
     """
+    dest = Path(dest)
     if dest.is_file():
         checked = _check_cached(dest, verify)
         if checked is not None:
             actual, value = checked
             if sha256 is None or actual == sha256:
-                return Fetched(dest, actual, value, downloaded=False)
+                return Fetched(dest, actual, value)
             log.info("cached %s has SHA-256 %s, not the pinned %s; fetching", dest, actual, sha256)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -245,7 +239,7 @@ def fetch_cached(
         os.close(fd)
     except OSError as exc:
         raise WeightsError(
-            f"cannot write to the weights cache {dest.parent} ({_one_line(exc)}); set "
+            f"cannot write to the weights cache {dest.parent} ({one_line(exc, 200)}); set "
             f"${CACHE_ENV} to a writable directory"
         ) from None
     tmp = Path(tmp_name)
@@ -254,7 +248,7 @@ def fetch_cached(
             actual = download(url, tmp, timeout=timeout, progress=progress, cache_path=dest)
         except OSError as exc:  # local write errors (disk full, ...): network ones are handled
             raise WeightsError(
-                f"cannot write to the weights cache {dest.parent} ({_one_line(exc)}); set "
+                f"cannot write to the weights cache {dest.parent} ({one_line(exc, 200)}); set "
                 f"${CACHE_ENV} to a writable directory with space"
             ) from None
         try:
@@ -272,7 +266,7 @@ def fetch_cached(
         sidecar_path(dest).unlink(missing_ok=True)
         os.replace(tmp, dest)
         _write_sidecar(dest, actual)
-        return Fetched(dest, actual, value, downloaded=True)
+        return Fetched(dest, actual, value)
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -302,38 +296,3 @@ def _looks_like(path: Path) -> str:
     if not head:
         return " (got an empty body)"
     return ""
-
-
-@contextlib.contextmanager
-def terminal_progress(
-    description: str = "download", *, force: bool = False
-) -> Iterator[ProgressCallback | None]:
-    """A rich download bar on stderr when it is a terminal (or ``force``); else None, quiet.
-
-    Use as ``with terminal_progress("imagenet weights") as cb: load_weights(..., progress=cb)``.
-    """
-    if not force and not sys.stderr.isatty():
-        yield None
-        return
-    from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeRemainingColumn,
-        TransferSpeedColumn,
-    )
-
-    bar = Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), DownloadColumn(),
-        TransferSpeedColumn(), TimeRemainingColumn(),
-        console=Console(stderr=True), transient=True,
-    )
-    task = bar.add_task(description, total=None)
-
-    def on_progress(done: int, total: int | None) -> None:
-        bar.update(task, completed=done, total=total)
-
-    with bar:
-        yield on_progress

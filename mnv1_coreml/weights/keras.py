@@ -1,28 +1,28 @@
-"""Keras Applications MobileNet weights (legacy HDF5), read with h5py alone.
+"""Loader: Keras 2 HDF5 files (``save_weights`` or ``model.save``), and the ImageNet downloads.
 
-Tensors are found by layer name and weight name (``conv_dw_3/depthwise_kernel:0``), never by
+Tensors are found by layer and weight name (``conv_dw_3/depthwise_kernel:0``), never by
 position: Keras 3 loads these files by order, which silently misassigns tensors as soon as a
-file holds one layer more or less. Every expected tensor and shape is checked before anything
-is used, which is also how a download is verified (Keras publishes no hashes).
-
-Layout conversions: conv kernels HWIO -> OIHW, depthwise HWC1 -> (C, 1, H, W), and the
-``conv_preds`` 1x1 conv (1, 1, Cin, K) + bias becomes the (K, Cin) classifier.
+file holds one layer more or less. A full-model save keeps its weights under
+``model_weights/``, with a nested base model as one layer group whose weight names carry the
+inner layer (``mobilenet_0.25_128/conv1/kernel:0``); its ``model_config`` attribute is checked
+for a supported head. Every expected tensor and shape is checked before anything is used, which
+is also how a download is verified (Keras publishes no hashes).
 """
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
 import h5py
 import numpy as np
 import torch
 
-from ..errors import WeightsError
-from ..model import BLOCKS, STEM_CHANNELS, scaled_channels
-from .catalog import KERAS_BASE_URL, available_keras_variants, keras_variant
-from .core import KERAS_SETTINGS, LoadedWeights, apply_overrides, key_problems
+from ..catalog import KERAS_BASE_URL, available_keras_variants, keras_variant
+from ..errors import WeightsError, one_line
+from ..hashing import file_sha256
 from .download import (
     DEFAULT_TIMEOUT,
     ProgressCallback,
@@ -30,70 +30,20 @@ from .download import (
     resolve_base_url,
     resolve_cache_dir,
 )
+from .keras_common import (
+    SUPPORTED_HEAD,
+    KerasModel,
+    base_layer_names,
+    build_state,
+    check_alpha,
+    head_layout,
+    infer_keras_alpha,
+    parse_model_config,
+)
+from .layouts import keras_base_layout
+from .settings import KERAS_SETTINGS, LoadedWeights, apply_overrides
 
-HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
-BN_WEIGHTS: dict[str, str] = {
-    "gamma": "weight",
-    "beta": "bias",
-    "moving_mean": "running_mean",
-    "moving_variance": "running_var",
-}
-ANY = -1  # a dimension the file decides (the number of classes)
-
-
-@dataclass(frozen=True)
-class KerasTensor:
-    """One expected dataset: Keras layer and weight name, our key, and the Keras shape."""
-
-    layer: str
-    weight: str  # base name without the ":0" suffix
-    ours: str
-    shape: tuple[int, ...]
-
-    @property
-    def name(self) -> str:
-        return f"{self.layer}/{self.weight}:0"
-
-
-def keras_layout(alpha: float) -> list[KerasTensor]:
-    """Every tensor a Keras MobileNet(alpha, include_top=True) file holds, in our terms."""
-    ch = [scaled_channels(STEM_CHANNELS, alpha)] + [scaled_channels(c, alpha) for _, c in BLOCKS]
-    out = [KerasTensor("conv1", "kernel", "stem.conv.weight", (3, 3, 3, ch[0]))]
-    out += _bn("conv1_bn", "stem.bn", ch[0])
-    for i in range(len(BLOCKS)):
-        n, cin, cout = i + 1, ch[i], ch[i + 1]
-        out.append(
-            KerasTensor(f"conv_dw_{n}", "depthwise_kernel", f"blocks.{i}.dw.conv.weight",
-                        (3, 3, cin, 1))
-        )
-        out += _bn(f"conv_dw_{n}_bn", f"blocks.{i}.dw.bn", cin)
-        out.append(
-            KerasTensor(f"conv_pw_{n}", "kernel", f"blocks.{i}.pw.conv.weight", (1, 1, cin, cout))
-        )
-        out += _bn(f"conv_pw_{n}_bn", f"blocks.{i}.pw.bn", cout)
-    out.append(KerasTensor("conv_preds", "kernel", "classifier.weight", (1, 1, ch[-1], ANY)))
-    out.append(KerasTensor("conv_preds", "bias", "classifier.bias", (ANY,)))
-    return out
-
-
-def _bn(layer: str, prefix: str, channels: int) -> list[KerasTensor]:
-    return [KerasTensor(layer, k, f"{prefix}.{v}", (channels,)) for k, v in BN_WEIGHTS.items()]
-
-
-def _to_ours(t: KerasTensor, array: np.ndarray) -> torch.Tensor:
-    if t.weight == "depthwise_kernel":
-        array = array.transpose(2, 3, 0, 1)  # H W C 1 -> C 1 H W
-    elif t.layer == "conv_preds" and t.weight == "kernel":
-        array = array[0, 0].T  # 1 1 Cin K -> K Cin
-    elif t.weight == "kernel":
-        array = array.transpose(3, 2, 0, 1)  # H W I O -> O I H W
-    return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))
-
-
-def _shape_fits(shape: tuple[int, ...], expected: tuple[int, ...]) -> bool:
-    return len(shape) == len(expected) and all(
-        e in (ANY, s) for s, e in zip(shape, expected, strict=True)
-    )
+Found = dict[tuple[str, str], h5py.Dataset]
 
 
 def _text(value: object) -> str:
@@ -118,9 +68,9 @@ def _weights_root(f: h5py.File, label: str) -> h5py.Group:
         return f["model_weights"]
     if "layers" in f or "vars" in f:
         raise WeightsError(
-            f"{label} is a Keras 3 .weights.h5 file, which stores weights by position; save them "
-            "with tf_keras model.save_weights('x.h5') (legacy HDF5) or use the published "
-            "mobilenet_*_tf.h5 files"
+            f"{label} is a Keras 3 .weights.h5 file, which stores weights by position without "
+            "the model's config; save the whole model with model.save('x.keras'), or use "
+            "tf_keras model.save_weights('x.h5')"
         )
     raise WeightsError(
         f"{label} is an HDF5 file but not Keras weights (no layer_names attribute); pass a Keras "
@@ -128,13 +78,16 @@ def _weights_root(f: h5py.File, label: str) -> h5py.Group:
     )
 
 
-def _collect(root: h5py.Group) -> tuple[dict[tuple[str, str], h5py.Dataset], list[str]]:
-    """Datasets by (layer, weight base name), and problems with the file's own index."""
-    found: dict[tuple[str, str], h5py.Dataset] = {}
+def _collect(root: h5py.Group) -> tuple[Found, list[str]]:
+    """Datasets by (inner layer, weight base name), and problems with the file's own index.
+
+    The inner layer is the weight name's second-last part, so a nested base model's
+    ``conv1/kernel:0`` is found as ``("conv1", "kernel")`` just like a flat file's.
+    """
+    found: Found = {}
     broken: list[str] = []
-    layers = _names(root.attrs.get("layer_names"))
-    for layer in layers:
-        group = root.get(layer)
+    for group_name in _names(root.attrs.get("layer_names")):
+        group = root.get(group_name)
         if not isinstance(group, h5py.Group):
             continue  # listed layer without a group: reported as missing if we need it
         if "weight_names" in group.attrs:
@@ -142,12 +95,14 @@ def _collect(root: h5py.Group) -> tuple[dict[tuple[str, str], h5py.Dataset], lis
         else:  # not written by Keras' saver, but the datasets may still be there
             names = _dataset_names(group)
         for full in names:
-            base = full.rsplit("/", 1)[-1].split(":", 1)[0]
+            parts = full.split("/")
+            layer = parts[-2] if len(parts) >= 2 else group_name
+            base = parts[-1].split(":", 1)[0]
             ds = group.get(full)
             if not isinstance(ds, h5py.Dataset):
-                broken.append(f"{layer}/{full} (listed in weight_names, absent)")
+                broken.append(f"{group_name}/{full} (listed in weight_names, absent)")
             elif (layer, base) in found:
-                broken.append(f"{layer}/{full} (second '{base}' in the layer)")
+                broken.append(f"{group_name}/{full} (second '{layer}/{base}')")
             else:
                 found[(layer, base)] = ds
     return found, broken
@@ -159,24 +114,48 @@ def _dataset_names(group: h5py.Group) -> list[str]:
     return names
 
 
-def _infer_alpha(found: Mapping[tuple[str, str], h5py.Dataset]) -> tuple[float, str] | None:
-    """The file's alpha from its channel counts (conv_pw_13 is the most precise), and why."""
-    pw13, conv1 = found.get(("conv_pw_13", "kernel")), found.get(("conv1", "kernel"))
-    if pw13 is not None and len(pw13.shape) == 4:
-        c = int(pw13.shape[3])
-        return round(c / BLOCKS[-1][1], 4), f"conv_pw_13 has {c} filters"
-    if conv1 is not None and len(conv1.shape) == 4:
-        c = int(conv1.shape[3])
-        return round(c / STEM_CHANNELS, 4), f"conv1 has {c} filters"
-    return None
+def _model_config(f: h5py.File, label: str) -> KerasModel | None:
+    raw = f.attrs.get("model_config")
+    if raw is None:
+        return None
+    try:
+        config = json.loads(_text(raw))
+    except ValueError as exc:
+        raise WeightsError(f"{label} has an unreadable model_config ({exc})") from None
+    return parse_model_config(config, label)
 
 
-def read_keras_h5(path: Path, alpha: float, *, label: str | None = None) -> dict[str, torch.Tensor]:
-    """Our state dict from a Keras MobileNet HDF5 file, after a complete structure check.
+def _head_from_weights(found: Found, label: str) -> str:
+    """The classifier layer of a file without a model config: the one non-base weighted layer."""
+    base = base_layer_names()
+    extra = sorted({layer for layer, _ in found if layer not in base})
+    if "conv_preds" in extra:  # include_top=True; any other layer is reported as unexpected
+        return "conv_preds"
+    if len(extra) == 1:
+        return extra[0]
+    if not extra:
+        raise WeightsError(
+            f"{label} has no classifier: an include_top=False ('_no_top') base alone cannot "
+            f"classify; {SUPPORTED_HEAD}"
+        )
+    shapes = ", ".join(
+        f"{la} kernel {tuple(found[(la, 'kernel')].shape)}" if (la, "kernel") in found else la
+        for la in extra
+    )
+    raise WeightsError(
+        f"{label}: unsupported head after the MobileNet base: {len(extra)} weighted layers "
+        f"({shapes}); {SUPPORTED_HEAD}"
+    )
 
-    Raises one WeightsError listing every missing dataset, wrong shape and unexpected weight;
-    a file of another alpha gets a message saying which alpha it holds. ``label`` names the file
-    in messages (a URL for downloads).
+
+def read_keras_h5(
+    path: str | os.PathLike[str], alpha: float | None, *, label: str | None = None
+) -> tuple[dict[str, torch.Tensor], int | None]:
+    """Our state dict from a Keras 2 HDF5 file, and the input size its config records.
+
+    ``alpha`` None takes the file's own width; another explicit alpha is a one-line error
+    naming the file's. Raises one WeightsError listing every missing dataset, wrong shape and
+    unexpected weight. ``label`` names the file in messages (a URL for downloads).
     """
     label = label or str(path)
     try:
@@ -184,107 +163,54 @@ def read_keras_h5(path: Path, alpha: float, *, label: str | None = None) -> dict
     except (OSError, ValueError) as exc:
         raise WeightsError(
             f"{label} is not a readable HDF5 file (truncated or corrupt?): "
-            f"{' '.join(str(exc).split())[:160]}"
+            f"{one_line(exc, 160)}"
         ) from None
     try:
         with f:
             root = _weights_root(f, label)
+            model = _model_config(f, label)
             found, broken = _collect(root)
-            layout = keras_layout(alpha)
-            _check_alpha(found, layout, alpha, label)
-            missing, wrong = [], []
-            for t in layout:
-                ds = found.get((t.layer, t.weight))
-                if ds is None:
-                    missing.append(t.name)
-                elif not _shape_fits(tuple(ds.shape), t.shape):
-                    expected = tuple("K" if d == ANY else d for d in t.shape)
-                    wrong.append(f"{t.name} {tuple(ds.shape)} (expected {expected})")
+            alpha = check_alpha(
+                infer_keras_alpha(lambda la: _shape(found, la)), alpha, label
+            )
+            head = model.classifier if model is not None else _head_from_weights(found, label)
+            kernel = found.get((head, "kernel"))
+            layout = keras_base_layout(alpha) + head_layout(
+                head, len(kernel.shape) if kernel is not None else 2, alpha
+            )
             wanted = {(t.layer, t.weight) for t in layout}
             unexpected = sorted(f"{la}/{w}:0" for la, w in found if (la, w) not in wanted)
-            problems = key_problems(missing, unexpected, wrong)
-            if missing and all(m.startswith("conv_preds/") for m in missing):
-                problems[0] += " (an include_top=False '_no_top' file has no classifier)"
-            if broken:
-                problems.append(f"broken index {', '.join(broken)}")
-            if problems:
-                raise WeightsError(
-                    f"{label} is not a Keras MobileNet V1 alpha={alpha:g} weights file: "
-                    + "; ".join(problems)
-                )
-            state: dict[str, torch.Tensor] = {}
-            for t in layout:
-                array = np.asarray(found[(t.layer, t.weight)][()])
-                if array.dtype.kind != "f":
-                    raise WeightsError(f"{label}: {t.name} holds {array.dtype}, not floats")
-                if not np.isfinite(array).all():
-                    raise WeightsError(f"{label}: {t.name} contains NaN or infinite values")
-                state[t.ours] = _to_ours(t, array)
-            k = state["classifier.weight"].shape[0]
-            if state["classifier.bias"].shape != (k,):
-                raise WeightsError(
-                    f"{label}: conv_preds bias has shape {tuple(state['classifier.bias'].shape)},"
-                    f" expected ({k},) to match its kernel"
-                )
-            return state
+            state = build_state(
+                layout, lambda t: found.get((t.layer, t.weight)), label, alpha,
+                unexpected=unexpected, broken=broken,
+            )
+            return state, model.res if model is not None else None
     except WeightsError:
         raise
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # h5py reading a damaged file
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:  # damaged file
         raise WeightsError(
-            f"{label} is damaged (truncated or corrupt HDF5): {' '.join(str(exc).split())[:160]}"
+            f"{label} is damaged (truncated or corrupt HDF5): {one_line(exc, 160)}"
         ) from None
 
 
-def _check_alpha(
-    found: Mapping[tuple[str, str], h5py.Dataset],
-    layout: list[KerasTensor],
-    alpha: float,
-    label: str,
-) -> None:
-    """A file of another width fails with the alpha it holds, not with 80 wrong shapes."""
-    expected = {(t.layer, t.weight): t.shape for t in layout}
-    for key in (("conv1", "kernel"), ("conv_pw_13", "kernel")):
-        ds = found.get(key)
-        if ds is None or len(ds.shape) != 4:
-            continue
-        if ds.shape[3] != expected[key][3]:
-            inferred = _infer_alpha(found)
-            assert inferred is not None
-            file_alpha, why = inferred
-            raise WeightsError(
-                f"{label} holds MobileNet V1 alpha={file_alpha:g} weights ({why}), not "
-                f"alpha={alpha:g} (wrong shape {key[0]}/{key[1]}:0 {tuple(ds.shape)}, expected "
-                f"{expected[key]}): pass --alpha {file_alpha:g}"
-            )
-
-
-def is_hdf5(path: Path) -> bool:
-    """True when the file starts with the HDF5 signature (at 0 or a power-of-two userblock)."""
-    try:
-        with open(path, "rb") as f:
-            offset = 0
-            while True:
-                f.seek(offset)
-                head = f.read(8)
-                if head == HDF5_SIGNATURE:
-                    return True
-                if len(head) < 8 or offset >= 1 << 20:
-                    return False
-                offset = 512 if offset == 0 else offset * 2
-    except OSError:
-        return False
+def _shape(found: Found, layer: str) -> tuple[int, ...] | None:
+    ds = found.get((layer, "kernel"))
+    return tuple(ds.shape) if ds is not None else None
 
 
 def load_keras_file(
-    path: Path, alpha: float, *, spec: str, overrides: Mapping[str, object] | None = None
+    path: str | os.PathLike[str],
+    alpha: float | None,
+    *,
+    spec: str,
+    overrides: Mapping[str, object] | None = None,
 ) -> LoadedWeights:
-    """A local Keras .h5 (any resolution: the weights do not depend on it)."""
-    from .core import file_sha256
-
-    state = read_keras_h5(path, alpha)
+    """A local Keras 2 ``.h5`` (any resolution: the conv weights do not depend on it)."""
+    path = Path(path)
+    state, res = read_keras_h5(path, alpha)
     settings = apply_overrides(KERAS_SETTINGS, overrides or {})
     return LoadedWeights(
-        state, "file", spec, file_sha256(path), settings, format="keras-h5", path=path
+        state, "file", spec, file_sha256(path), settings, format="keras-h5", path=path, res=res
     )
 
 
@@ -294,7 +220,7 @@ def load_imagenet(
     *,
     overrides: Mapping[str, object] | None = None,
     sha256: str | None = None,
-    cache_dir: str | Path | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
     base_url: str | None = None,
     progress: ProgressCallback | None = None,
     timeout: float = DEFAULT_TIMEOUT,
@@ -310,7 +236,7 @@ def load_imagenet(
     url = resolve_base_url(base_url, KERAS_BASE_URL) + variant.filename
     dest = resolve_cache_dir(cache_dir) / variant.filename
     fetched = fetch_cached(
-        url, dest, lambda p, label: read_keras_h5(p, alpha, label=label),
+        url, dest, lambda p, label: read_keras_h5(p, alpha, label=label)[0],
         sha256=sha256, timeout=timeout, progress=progress,
     )
     settings = apply_overrides(KERAS_SETTINGS, overrides or {})
@@ -318,3 +244,4 @@ def load_imagenet(
         fetched.value, "imagenet", "imagenet", fetched.sha256, settings,
         format="keras-h5", path=fetched.path, url=url,
     )
+

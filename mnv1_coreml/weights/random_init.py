@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..model import MobileNetConfig, MobileNetV1
-from .core import ArchSettings, LoadedWeights, state_dict_sha256
+from .settings import ArchSettings, LoadedWeights, state_dict_sha256
 
 CALIBRATION_IMAGES = 4
 BN_SHIFT_MEAN = 0.75
@@ -47,12 +47,11 @@ def smooth_images(n: int, res: int, seed: int) -> np.ndarray:
 
 
 @torch.no_grad()
-def random_weights(alpha: float, res: int, seed: int, settings: ArchSettings) -> LoadedWeights:
-    """Deterministic for a given (alpha, res, seed, settings) on a given CPU."""
-    cfg = MobileNetConfig(
-        alpha=alpha, res=res, padding=settings.padding,
-        activation=settings.activation, bn_eps=settings.bn_eps,
-    )
+def random_weights(
+    alpha: float, res: int, seed: int, settings: ArchSettings, num_classes: int = 1000
+) -> LoadedWeights:
+    """Deterministic for given (alpha, res, seed, settings, classes), whatever the thread count."""
+    cfg = MobileNetConfig.for_settings(alpha, res, settings, num_classes)
     g = torch.Generator().manual_seed(seed)
     model = MobileNetV1(cfg)
     for m in model.modules():
@@ -68,9 +67,12 @@ def random_weights(alpha: float, res: int, seed: int, settings: ArchSettings) ->
             m.bias.normal_(0.0, 0.1, generator=g)
     pixels = smooth_pictures(CALIBRATION_IMAGES, res, g)
     images = pixels.permute(0, 2, 3, 1).to(torch.uint8).numpy()
-    model.train()
-    model(settings.normalization.apply(images))
-    model.eval()
+    # Calibrate in float64, then round the statistics to float32: the float32 sums' order
+    # depends on torch's thread count, which would make the weights (and their SHA-256, which
+    # goldens are found by) differ between a 2-thread process and a 1-thread zoo worker.
+    model.double().train()
+    model(settings.normalization.apply(images).double())
+    model.float().eval()
     state = {k: v.clone() for k, v in model.state_dict().items()
              if not k.endswith("num_batches_tracked")}
     return LoadedWeights(
