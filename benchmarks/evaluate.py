@@ -73,7 +73,7 @@ def throughput(package: Path, photos: list[Path], args: argparse.Namespace) -> N
     from mnv1_coreml.images import prepare_image
     from mnv1_coreml.predict import ImageClassifier
 
-    clf = ImageClassifier(package, backend="reference")
+    clf = ImageClassifier(package, backend="reference", exact_batch=False)  # as evaluate()
     ref = build_reference(clf.info.metadata, clf.info.num_classes)
     images = []
     for p in photos[: args.batch * 4]:

@@ -61,13 +61,13 @@ class ReferenceBackend:
 
     name = "reference"
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, exact_batch: bool = True) -> None:
         from .mil import ReferenceModel
 
         path = as_path(path)
         contract = read_contract(path)
         try:
-            self.model = ReferenceModel.load(path)
+            self.model = ReferenceModel.load(path, exact_batch=exact_batch)
         except UserError:
             raise
         except CORRUPT_PACKAGE_ERRORS as exc:  # e.g. a truncated weight.bin
@@ -168,13 +168,17 @@ class CoreMLBackend:
 
 
 def make_backend(
-    name: BackendName, path: str | os.PathLike[str], compute_units: ComputeUnits = "all"
+    name: BackendName, path: str | os.PathLike[str], compute_units: ComputeUnits = "all",
+    *, exact_batch: bool = True,
 ) -> Backend:
-    """``auto`` is the Core ML runtime on macOS and the reference interpreter elsewhere."""
+    """``auto`` is the Core ML runtime on macOS and the reference interpreter elsewhere.
+
+    ``exact_batch=False`` lets the interpreter run convs on whole batches (last-bit
+    differences from single runs): for accuracy statistics, never for validation."""
     if name == "auto":
         name = "coreml" if can_run_coreml() else "reference"
     if name == "coreml":
         return CoreMLBackend(path, compute_units)
     if name == "reference":
-        return ReferenceBackend(path)
+        return ReferenceBackend(path, exact_batch=exact_batch)
     raise UserError(f"unknown backend {name!r}; use auto, coreml or reference")

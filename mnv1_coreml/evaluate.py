@@ -344,8 +344,10 @@ def evaluate(
     if len(set(map(str, paths))) != len(paths):
         raise UserError("a package is given twice")
     dataset = find_dataset(data, labels_csv, limit)
+    # Accuracy statistics do not need a batch to give the bits of single runs: let convs
+    # and the FC take whole batches (ReferenceModel exact_batch=False), ~1.5x faster.
     classifiers = [ImageClassifier(p, backend=backend, compute_units=compute_units,
-                                   mean=mean, std=std) for p in paths]
+                                   mean=mean, std=std, exact_batch=False) for p in paths]
     targets = [map_classes(dataset, c.labels, c.path.name) for c in classifiers]
     results = [
         PackageResult(str(c.path), package_bytes(c.path), _kind(c.info.metadata),

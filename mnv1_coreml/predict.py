@@ -70,8 +70,10 @@ class ImageClassifier:
         compute_units: ComputeUnits = "all",
         mean: Sequence[float] | None = None,
         std: Sequence[float] | None = None,
+        exact_batch: bool = True,
     ) -> None:
         self.path = Path(path)
+        self._exact_batch = exact_batch
         contract = read_contract(self.path)
         if contract.kind != "mlProgram":
             raise UserError(
@@ -91,7 +93,8 @@ class ImageClassifier:
             if contract.width != contract.height:
                 raise UserError(f"{self.path}: image input {contract.width}x{contract.height} "
                                 "is not square")
-            self._backend = make_backend(backend, self.path, compute_units)
+            self._backend = make_backend(backend, self.path, compute_units,
+                                         exact_batch=exact_batch)
             self.backend_name = self._backend.name
             self.info = ClassifierInfo(
                 self.path, contract.input_name, "image", contract.width,
@@ -117,7 +120,7 @@ class ImageClassifier:
     ) -> None:
         from .mil import ReferenceModel
 
-        m = ReferenceModel.load(self.path)
+        m = ReferenceModel.load(self.path, exact_batch=self._exact_batch)
         self._model = m
         main = m.package.main
         inputs = dict(main.inputs)

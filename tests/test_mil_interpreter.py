@@ -181,6 +181,23 @@ def test_batch_equals_one_at_a_time(key, models, images):
         np.testing.assert_array_equal(batched[name], stacked)  # bit for bit (convs per sample)
 
 
+@pytest.mark.parametrize("key", [("tf", "fp32"), ("torch", "fp16")])
+def test_fast_batch_runs_convs_once_and_stays_close(key, models, images):
+    """``exact_batch=False`` (evaluate's accuracy runs): convs, FC and means take the whole
+    batch; results differ from single runs only by summation order."""
+    exact = models[key]
+    fast = ReferenceModel.load(exact.path, exact_batch=False)
+    kinds = {s.op.op_type for s in fast._steps if s.vectorised}
+    assert {"conv", "linear", "reduce_mean"} <= kinds
+    assert "conv" not in {s.op.op_type for s in exact._steps if s.vectorised}
+    names = [exact.logits_name, "classLabel"]
+    got, want = fast.predict(images, outputs=names), exact.predict(images, outputs=names)
+    assert got["classLabel"] == want["classLabel"]
+    tol = 1e-4 if key[1] == "fp32" else 0.05  # fp16: a last-bit change may round on
+    np.testing.assert_allclose(got[exact.logits_name].astype(np.float32),
+                               want[exact.logits_name].astype(np.float32), atol=tol)
+
+
 def test_batched_reshape_keeps_samples_apart(tmp_path):
     w = np.random.default_rng(0).standard_normal((5, 24)).astype(np.float32)
 

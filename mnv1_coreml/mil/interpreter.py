@@ -129,8 +129,11 @@ class ReferenceModel:
     feeds raw program inputs (multi-arrays) and is what op-level tests use.
     """
 
-    def __init__(self, package: LoadedPackage) -> None:
+    def __init__(self, package: LoadedPackage, *, exact_batch: bool = True) -> None:
         self.package = package
+        #: True: a batch gives the same bits as single runs. False: convs, FC, BN and means
+        #: also take whole batches (faster; last-bit differences from summation order).
+        self.exact_batch = exact_batch
         self.path = package.path
         fn = package.main
         self._inputs: dict[str, Var] = dict(fn.inputs)
@@ -152,9 +155,12 @@ class ReferenceModel:
     # construction
 
     @classmethod
-    def load(cls, path: str | os.PathLike[str]) -> ReferenceModel:
-        """Load an ``.mlpackage``; raises :class:`UnsupportedOpError` for ops without kernels."""
-        return cls(load_package(path))
+    def load(cls, path: str | os.PathLike[str], *, exact_batch: bool = True) -> ReferenceModel:
+        """Load an ``.mlpackage``; raises :class:`UnsupportedOpError` for ops without kernels.
+
+        ``exact_batch=False`` trades bit-identity between batched and single runs for speed
+        (see :attr:`exact_batch`): for accuracy statistics, never for validation."""
+        return cls(load_package(path), exact_batch=exact_batch)
 
     @classmethod
     def from_program(cls, program: Program) -> ReferenceModel:
@@ -241,7 +247,8 @@ class ReferenceModel:
                 if shape is not None and (not shape or shape[0] != 1):
                     return BatchPlan(False, f"{op.op_type} {op.name!r}: output {var.name!r} "
                                             f"has shape {shape}, no leading batch dim 1")
-            rule = step.spec.batch
+            spec = step.spec
+            rule = spec.batch if self.exact_batch else (spec.fast_batch or spec.batch)
             step.vectorised = rule is not None and not rule(op, batched)
         return BatchPlan(True)
 

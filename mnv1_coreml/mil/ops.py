@@ -218,12 +218,16 @@ class KernelSpec:
     relu, clip, max_pool, ...), so conforming to fp16 is a no-op and is skipped for speed.
     ``check``: load-time validation of parameters, raising :class:`UnsupportedOpError`.
     ``batch``: when N samples may go through one call (:data:`BatchRule`); None: per sample.
+    ``fast_batch``: when N samples may go through one call if the caller accepts last-bit
+    differences from batch-1 runs (summation order inside a conv or a sum; the op never mixes
+    samples). Used only by models loaded with ``exact_batch=False`` (accuracy statistics).
     """
 
     fn: Kernel
     exact: bool = False
     check: Check | None = None
     batch: BatchRule | None = None
+    fast_batch: BatchRule | None = None
 
 
 OPS: dict[str, KernelSpec] = {}
@@ -234,7 +238,8 @@ PER_SAMPLE: BatchRule | None = None
 
 
 def register(
-    *names: str, batch: BatchRule | None, exact: bool = False, check: Check | None = None
+    *names: str, batch: BatchRule | None, exact: bool = False, check: Check | None = None,
+    fast_batch: BatchRule | None = None,
 ) -> Callable[[Kernel], Kernel]:
     """Register ``fn`` for op types ``names``; ``batch`` is required, so that every kernel
     states whether it may take a whole batch (a :data:`BatchRule`) or not (``PER_SAMPLE``)."""
@@ -243,7 +248,7 @@ def register(
         for name in names:
             if name in OPS:
                 raise RuntimeError(f"op {name!r} registered twice")
-            OPS[name] = KernelSpec(fn, exact, check, batch)
+            OPS[name] = KernelSpec(fn, exact, check, batch, fast_batch)
         return fn
 
     return deco
@@ -542,7 +547,7 @@ def _check_pad_type(op: Operation) -> None:
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
 
-@register("conv", check=_check_pad_type, batch=PER_SAMPLE)
+@register("conv", check=_check_pad_type, batch=PER_SAMPLE, fast_batch=UNARY)
 def _conv(a: OpArgs) -> torch.Tensor:
     """MIL conv: any pad_type, groups, strides, dilations, optional bias; 1-3 spatial dims.
 
@@ -631,7 +636,7 @@ def _sum_pool(x: torch.Tensor, kernel: list[int], strides: list[int]) -> torch.T
     return _AVG[len(kernel)](x, kernel, strides, 0, divisor_override=1)
 
 
-@register("avg_pool", check=_check_pad_type, batch=PER_SAMPLE)
+@register("avg_pool", check=_check_pad_type, batch=PER_SAMPLE, fast_batch=UNARY)
 def _avg_pool(a: OpArgs) -> torch.Tensor:
     """Window sum / count. The count includes zero padding unless
     ``exclude_padding_from_average``; the ceil_mode overhang past the padding never counts
@@ -677,7 +682,7 @@ def _max_pool(a: OpArgs) -> torch.Tensor:
 # normalisation and reductions
 
 
-@register("batch_norm", batch=PER_SAMPLE)
+@register("batch_norm", batch=PER_SAMPLE, fast_batch=UNARY)
 def _batch_norm(a: OpArgs) -> torch.Tensor:
     """``gamma * (x - mean) / sqrt(variance + epsilon) + beta`` over channel dim 1."""
     x = a.tensor("x")
@@ -692,7 +697,7 @@ def _batch_norm(a: OpArgs) -> torch.Tensor:
     )
 
 
-@register("reduce_mean", batch=PER_SAMPLE)
+@register("reduce_mean", batch=PER_SAMPLE, fast_batch=axes_avoid_batch("axes"))
 def _reduce_mean(a: OpArgs) -> torch.Tensor:
     """Mean over ``axes`` (all axes if absent); ``keep_dims`` keeps them as size 1."""
     x = a.tensor("x")
@@ -709,7 +714,11 @@ def _reduce_mean(a: OpArgs) -> torch.Tensor:
 # linear algebra
 
 
-@register("linear", batch=PER_SAMPLE)
+def _not_a_vector(op: Operation, batched: Batched) -> str:
+    return "" if batched[0][1].rank >= 2 else "linear on a vector"
+
+
+@register("linear", batch=PER_SAMPLE, fast_batch=flows("x", check=_not_a_vector))
 def _linear(a: OpArgs) -> torch.Tensor:
     """``x @ weight.T + bias``; weight is (D_out, D_in)."""
     return F.linear(a.tensor("x"), a.tensor("weight"), a.opt_tensor("bias"))
