@@ -20,8 +20,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from mnv1_coreml.compress import Palettize, QuantizeInt8
-from mnv1_coreml.compress.config import QuantizeW8A8
+from tolerances import kind_options  # benchmarks/ is on sys.path when run as a script
+
 from mnv1_coreml.coreml import ct
 from mnv1_coreml.golden import read_golden
 from mnv1_coreml.layers import (
@@ -38,16 +38,6 @@ NO_LIMITS = LayerThreshold(min_psnr=-math.inf, min_step_psnr=-math.inf)
 KINDS = {"fp32": "fp32", "fp16": "fp16", "pal8": "palettized-8", "int8": "int8",
          "pal6": "palettized-6", "pal4": "palettized-4", "w8a8": "w8a8"}
 FAULTS = ("blocks.1.dw", "blocks.11.pw", "classifier")
-
-
-def kind_options(kind: str) -> tuple[str, object]:
-    if kind in ("fp32", "fp16"):
-        return kind, None
-    if kind == "int8":
-        return "fp16", QuantizeInt8()
-    if kind == "w8a8":
-        return "fp16", QuantizeW8A8()
-    return "fp16", Palettize(int(kind.removeprefix("pal")))
 
 
 def set_bgr(package: Path) -> None:

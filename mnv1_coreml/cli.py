@@ -544,6 +544,15 @@ def golden(
               f"{g.logits.shape[1]}, weights {g.manifest['weights']}")
 
 
+BackendOpt = Annotated[
+    BackendChoice,
+    typer.Option("--backend", help="auto: Core ML on macOS, else the reference interpreter."),
+]
+UnitsOpt = Annotated[
+    UnitsChoice, typer.Option("--compute-units", help="Core ML compute units (macOS).")
+]
+
+
 @app.command()
 def validate(
     model: Annotated[Path, typer.Argument(help="The .mlpackage to check.")],
@@ -551,13 +560,8 @@ def validate(
         Optional[Path],  # noqa: UP045
         typer.Option("--golden", help="Golden directory (default: found in golden/ by metadata)."),
     ] = None,
-    backend: Annotated[
-        BackendChoice,
-        typer.Option("--backend", help="auto: Core ML on macOS, else the reference interpreter."),
-    ] = DEFAULT_BACKEND,
-    compute_units: Annotated[
-        UnitsChoice, typer.Option("--compute-units", help="Core ML compute units (macOS).")
-    ] = DEFAULT_UNITS,
+    backend: BackendOpt = DEFAULT_BACKEND,
+    compute_units: UnitsOpt = DEFAULT_UNITS,
     json_path: Annotated[
         Optional[Path],  # noqa: UP045
         typer.Option("--json", help="Also write the full report as JSON here."),
@@ -719,13 +723,6 @@ ImageMeanOpt = Annotated[
 ImageStdOpt = Annotated[
     Optional[str],  # noqa: UP045
     typer.Option("--std", help="Multi-array input only: std R,G,B in 0..1 units."),
-]
-BackendOpt = Annotated[
-    BackendChoice,
-    typer.Option("--backend", help="auto: Core ML on macOS, else the reference interpreter."),
-]
-UnitsOpt = Annotated[
-    UnitsChoice, typer.Option("--compute-units", help="Core ML compute units (macOS).")
 ]
 
 

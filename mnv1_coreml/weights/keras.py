@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping
-from pathlib import Path
 
 import h5py
 import numpy as np
@@ -22,7 +21,6 @@ import torch
 
 from ..catalog import KERAS_BASE_URL, available_keras_variants, keras_variant
 from ..errors import WeightsError, one_line
-from ..hashing import file_sha256
 from .download import (
     DEFAULT_TIMEOUT,
     ProgressCallback,
@@ -38,6 +36,7 @@ from .keras_common import (
     check_alpha,
     head_layout,
     infer_keras_alpha,
+    keras_loaded,
     parse_model_config,
 )
 from .layouts import keras_base_layout
@@ -206,12 +205,7 @@ def load_keras_file(
     overrides: Mapping[str, object] | None = None,
 ) -> LoadedWeights:
     """A local Keras 2 ``.h5`` (any resolution: the conv weights do not depend on it)."""
-    path = Path(path)
-    state, res = read_keras_h5(path, alpha)
-    settings = apply_overrides(KERAS_SETTINGS, overrides or {})
-    return LoadedWeights(
-        state, "file", spec, file_sha256(path), settings, format="keras-h5", path=path, res=res
-    )
+    return keras_loaded(path, alpha, read_keras_h5, spec=spec, fmt="keras-h5", overrides=overrides)
 
 
 def load_imagenet(

@@ -17,24 +17,23 @@ import json
 import os
 import zipfile
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import h5py
 
 from ..errors import WeightsError, one_line
-from ..hashing import file_sha256
 from .keras_common import (
     KerasModel,
     build_state,
     check_alpha,
     head_layout,
     infer_keras_alpha,
+    keras_loaded,
     parse_model_config,
     to_snake_case,
 )
 from .layouts import KerasTensor, keras_base_layout
-from .settings import KERAS_SETTINGS, LoadedWeights, apply_overrides
+from .settings import LoadedWeights
 from .sniff import KERAS3_CONFIG, KERAS3_WEIGHTS
 
 #: Variable names of each layer class, in Keras 3's creation order (before optional ones drop).
@@ -149,9 +148,4 @@ def load_keras3_file(
     overrides: Mapping[str, object] | None = None,
 ) -> LoadedWeights:
     """A local Keras 3 ``.keras`` model (MobileNet base + supported head)."""
-    path = Path(path)
-    state, res = read_keras3(path, alpha)
-    settings = apply_overrides(KERAS_SETTINGS, overrides or {})
-    return LoadedWeights(
-        state, "file", spec, file_sha256(path), settings, format="keras3", path=path, res=res
-    )
+    return keras_loaded(path, alpha, read_keras3, spec=spec, fmt="keras3", overrides=overrides)

@@ -11,15 +11,18 @@ final softmax. Our model outputs the classifier's logits; the Core ML model appl
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import WeightsError
+from ..hashing import file_sha256
 from ..model import BLOCKS, MobileNetConfig, alpha_from_channels, key_problems
 from .layouts import (
     KerasTensor,
@@ -30,6 +33,7 @@ from .layouts import (
     shape_fits,
     shown,
 )
+from .settings import KERAS_SETTINGS, LoadedWeights, apply_overrides
 
 SUPPORTED_HEAD = (
     "supported: a MobileNet base (include_top=False) + global average pooling (a layer or "
@@ -271,3 +275,22 @@ def build_state(
         )
     return state
 
+
+
+def keras_loaded(
+    path: str | os.PathLike[str],
+    alpha: float | None,
+    read: Callable[[Path, float | None], tuple[dict[str, torch.Tensor], int | None]],
+    *,
+    spec: str,
+    fmt: str,
+    overrides: Mapping[str, object] | None = None,
+) -> LoadedWeights:
+    """A local Keras file read by ``read`` (Keras 2 ``.h5`` or Keras 3 ``.keras``), with the
+    settings every Keras MobileNet was trained with, unless overridden."""
+    path = Path(path)
+    state, res = read(path, alpha)
+    settings = apply_overrides(KERAS_SETTINGS, overrides or {})
+    return LoadedWeights(
+        state, "file", spec, file_sha256(path), settings, format=fmt, path=path, res=res
+    )
