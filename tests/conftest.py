@@ -10,6 +10,15 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 
 
+def assert_one_line(exc: pytest.ExceptionInfo[Exception], *needles: str) -> str:
+    """The error a user sees is one clean line that says what is wrong (each needle in it)."""
+    msg = str(exc.value)
+    assert "\n" not in msg and msg.strip() == msg, msg
+    for needle in needles:
+        assert needle in msg, (needle, msg)
+    return msg
+
+
 def shared_fixture(name: str) -> Path:
     """A file from ../shared/fixtures, or skip (with the reason) when it is not there."""
     path = SHARED / "fixtures" / name

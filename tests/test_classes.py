@@ -35,18 +35,10 @@ from mnv1_coreml.summary import summarize
 from mnv1_coreml.weights import KERAS_SETTINGS, TIMM_SETTINGS, load_weights
 from mnv1_coreml.weights.layouts import ours_to_timm
 from mnv1_coreml.weights.random_init import random_weights
-from tests.conftest import shared_fixture
+from tests.conftest import assert_one_line, shared_fixture
 
 ALPHA, RES, N = 0.5, 160, 7
 UNICODE_LABELS = ["Löwchen", "柴犬", "crème brûlée", "ß", "🐕 dog", "Ωmega", "naïve café"]
-
-
-def one_line(exc: pytest.ExceptionInfo[Exception], *needles: str) -> str:
-    msg = str(exc.value)
-    assert "\n" not in msg and msg.strip() == msg, msg
-    for needle in needles:
-        assert needle in msg, (needle, msg)
-    return msg
 
 
 # --- labels ------------------------------------------------------------------------------------
@@ -75,7 +67,7 @@ def test_imagenet_labels_only_for_1000_classes() -> None:
     assert resolve_labels(None, 1000) == imagenet_labels()
     with pytest.raises(UserError) as exc:
         resolve_labels(None, 7)
-    one_line(exc, "7 classes", "--labels")
+    assert_one_line(exc, "7 classes", "--labels")
 
 
 @pytest.mark.parametrize(
@@ -98,7 +90,7 @@ def test_bad_labels_are_one_line(tmp_path: Path, content: str, needles: tuple[st
     path.write_text(content, encoding="utf-8")
     with pytest.raises(UserError) as exc:
         read_labels(path)
-    one_line(exc, str(path), *needles)
+    assert_one_line(exc, str(path), *needles)
 
 
 def test_unreadable_labels_files(tmp_path: Path) -> None:
@@ -114,7 +106,7 @@ def test_unreadable_labels_files(tmp_path: Path) -> None:
         make(path)
         with pytest.raises(UserError) as exc:
             read_labels(path)
-        one_line(exc, str(path), needle)
+        assert_one_line(exc, str(path), needle)
 
 
 def test_label_count_mismatch_names_both_numbers(tmp_path: Path) -> None:
@@ -122,7 +114,7 @@ def test_label_count_mismatch_names_both_numbers(tmp_path: Path) -> None:
     write_labels(path, ["a", "b", "c", "d", "e"])
     with pytest.raises(UserError) as exc:
         resolve_labels(path, 3)
-    one_line(exc, "has 5 labels", "3 classes")
+    assert_one_line(exc, "has 5 labels", "3 classes")
     assert resolve_labels(["x", "y", "z"], 3) == ("x", "y", "z")
 
 
@@ -411,7 +403,7 @@ def test_timm_layout_with_dozens_of_classes(tmp_path: Path, alpha: float) -> Non
     assert resolve_labels(labels_file, weights.num_classes) == tuple(labels)
     with pytest.raises(UserError) as exc:
         resolve_labels(labels_file, 41)
-    one_line(exc, "has 42 labels", "41 classes")
+    assert_one_line(exc, "has 42 labels", "41 classes")
 
 
 def test_summary_counts_the_classifier_for_n() -> None:
@@ -436,7 +428,7 @@ def test_hidden_dense_is_unsupported(tmp_path: Path, truth: dict[str, torch.Tens
     for path in (with_config, weights_only):
         with pytest.raises(WeightsError) as exc:
             load_weights(path)
-        one_line(exc, str(path), "unsupported head", "hidden", "supported:", "Dense(N)")
+        assert_one_line(exc, str(path), "unsupported head", "hidden", "supported:", "Dense(N)")
 
 
 @pytest.mark.parametrize(
@@ -458,7 +450,7 @@ def test_unsupported_keras3_heads(
     path = write_keras3(tmp_path / "x.keras", truth, transfer_config(RES, True, head))
     with pytest.raises(WeightsError) as exc:
         load_weights(path)
-    one_line(exc, str(path), needle, "supported:")
+    assert_one_line(exc, str(path), needle, "supported:")
 
 
 def test_keras3_shape_mismatch_is_named(tmp_path: Path, truth: dict[str, torch.Tensor]) -> None:
@@ -476,7 +468,7 @@ def test_keras3_shape_mismatch_is_named(tmp_path: Path, truth: dict[str, torch.T
         z.writestr("model.weights.h5", weights_h5)
     with pytest.raises(WeightsError) as exc:
         load_weights(path)
-    one_line(exc, "wrong shape conv_pw_1/kernel:0")
+    assert_one_line(exc, "wrong shape conv_pw_1/kernel:0")
 
 
 def test_damaged_keras3_files(tmp_path: Path, truth: dict[str, torch.Tensor]) -> None:
@@ -498,7 +490,7 @@ def test_damaged_keras3_files(tmp_path: Path, truth: dict[str, torch.Tensor]) ->
     for path in (truncated, no_weights, bad_json, bad_h5):
         with pytest.raises(WeightsError) as exc:
             load_weights(path)
-        one_line(exc, str(path))
+        assert_one_line(exc, str(path))
 
 
 def test_classifier_that_disagrees_with_its_features(tmp_path: Path) -> None:
@@ -510,7 +502,7 @@ def test_classifier_that_disagrees_with_its_features(tmp_path: Path) -> None:
     weights = load_weights(path)
     with pytest.raises(WeightsError) as exc:
         build_model(0.25, 128, weights)
-    one_line(exc, "classifier.weight has shape (5, 512)", "256 channels")
+    assert_one_line(exc, "classifier.weight has shape (5, 512)", "256 channels")
 
 
 def test_explicit_alpha_must_match_the_file(
@@ -519,7 +511,7 @@ def test_explicit_alpha_must_match_the_file(
     path = write_keras3(tmp_path / "x.keras", truth, transfer_config(RES, True, standard_head(N)))
     with pytest.raises(WeightsError) as exc:
         load_weights(path, 0.25, RES)
-    one_line(exc, "alpha=0.5", "--alpha 0.5")
+    assert_one_line(exc, "alpha=0.5", "--alpha 0.5")
 
 
 def test_library_fixtures_with_their_labels() -> None:

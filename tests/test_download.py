@@ -30,6 +30,7 @@ from mnv1_coreml.weights.download import (
     default_cache_dir,
     sidecar_path,
 )
+from tests.conftest import assert_one_line
 
 DATA = Path(__file__).resolve().parent / "data"
 FIXTURE = DATA / "keras_mobilenet_0.25_128.h5"
@@ -112,14 +113,6 @@ def imagenet(server: Server, cache: Path, **kw: object):  # noqa: ANN201
     )
 
 
-def one_line(exc: pytest.ExceptionInfo[WeightsError], *needles: str) -> str:
-    msg = str(exc.value)
-    assert "\n" not in msg, msg
-    for needle in needles:
-        assert needle in msg, (needle, msg)
-    return msg
-
-
 FIXTURE_BYTES = FIXTURE.read_bytes()
 FIXTURE_SHA = hashlib.sha256(FIXTURE_BYTES).hexdigest()
 
@@ -180,10 +173,11 @@ def test_connection_dropped_mid_file(server: Server, cache: Path, mode: str) -> 
     with pytest.raises(WeightsError) as exc:
         imagenet(server, cache)
     if mode == "drop":  # Content-Length says how much is missing
-        one_line(exc, f"cut off after {len(FIXTURE_BYTES) // 2} of {len(FIXTURE_BYTES)} bytes",
-                 "nothing was cached")
+        half = len(FIXTURE_BYTES) // 2
+        assert_one_line(exc, f"cut off after {half} of {len(FIXTURE_BYTES)} bytes",
+                        "nothing was cached")
     else:  # no length: the structure check catches the truncation
-        one_line(exc, server.base_url + NAME, "nothing was cached", "truncated")
+        assert_one_line(exc, server.base_url + NAME, "nothing was cached", "truncated")
     assert listing(cache) == []
 
 
@@ -197,8 +191,8 @@ def test_wrong_bytes_with_status_200(server: Server, cache: Path, body: bytes) -
     server.routes[NAME] = ("ok", body)
     with pytest.raises(WeightsError) as exc:
         imagenet(server, cache)
-    msg = one_line(exc, server.base_url + NAME, "did not serve the expected file",
-                   "nothing was cached")
+    msg = assert_one_line(exc, server.base_url + NAME, "did not serve the expected file",
+                          "nothing was cached")
     if body.startswith(b"<"):
         assert "HTML" in msg
     assert listing(cache) == []
@@ -210,15 +204,15 @@ def test_another_variant_served_under_the_name(server: Server, cache: Path) -> N
     with pytest.raises(WeightsError) as exc:
         load_weights("imagenet", 0.5, 128, cache_dir=cache, base_url=server.base_url,
                      timeout=TIMEOUT)
-    one_line(exc, "alpha=0.25", "nothing was cached")
+    assert_one_line(exc, "alpha=0.25", "nothing was cached")
     assert listing(cache) == []
 
 
 def test_404(server: Server, cache: Path) -> None:
     with pytest.raises(WeightsError) as exc:
         imagenet(server, cache)
-    one_line(exc, f"cannot download {server.base_url}{NAME}: HTTP 404", str(cache / NAME),
-             "--weights PATH")
+    assert_one_line(exc, f"cannot download {server.base_url}{NAME}: HTTP 404", str(cache / NAME),
+                    "--weights PATH")
     assert listing(cache) == []
 
 
@@ -226,7 +220,7 @@ def test_pinned_sha256(server: Server, cache: Path) -> None:
     server.routes[NAME] = ("ok", FIXTURE_BYTES)
     with pytest.raises(WeightsError) as exc:
         imagenet(server, cache, sha256="f" * 64)
-    one_line(exc, "SHA-256 mismatch", "f" * 64, FIXTURE_SHA, "nothing was cached")
+    assert_one_line(exc, "SHA-256 mismatch", "f" * 64, FIXTURE_SHA, "nothing was cached")
     assert listing(cache) == []
     assert imagenet(server, cache, sha256=FIXTURE_SHA).sha256 == FIXTURE_SHA
     assert server.requests[NAME] == 2
@@ -277,7 +271,7 @@ def test_offline(cache: Path) -> None:
     url = f"http://127.0.0.1:{closed_port()}/keras/"
     with pytest.raises(WeightsError) as exc:
         load_weights("imagenet", 0.25, 128, cache_dir=cache, base_url=url, timeout=TIMEOUT)
-    one_line(exc, url + NAME, str(cache / NAME), "--weights PATH")
+    assert_one_line(exc, url + NAME, str(cache / NAME), "--weights PATH")
     assert listing(cache) == []
 
 
@@ -286,7 +280,7 @@ def test_stalled_server_times_out(server: Server, cache: Path) -> None:
     with pytest.raises(WeightsError) as exc:
         load_weights("imagenet", 0.25, 128, cache_dir=cache, base_url=server.base_url,
                      timeout=0.3)
-    one_line(exc, "stalled", "0.3 s", "nothing was cached")
+    assert_one_line(exc, "stalled", "0.3 s", "nothing was cached")
     assert listing(cache) == []
 
 
@@ -308,7 +302,7 @@ def test_unwritable_cache(server: Server, tmp_path: Path) -> None:
     blocker.write_text("x")
     with pytest.raises(WeightsError) as exc:
         imagenet(server, blocker / "cache")
-    one_line(exc, "cannot write to the weights cache", CACHE_ENV)
+    assert_one_line(exc, "cannot write to the weights cache", CACHE_ENV)
     assert server.requests[NAME] == 0
 
 
@@ -327,5 +321,5 @@ def test_orphans_of_killed_downloads_are_cleaned(server: Server, cache: Path) ->
 def test_bad_base_url(cache: Path) -> None:
     with pytest.raises(WeightsError) as exc:
         load_weights("imagenet", 0.25, 128, cache_dir=cache, base_url="nosuchscheme://host/x")
-    one_line(exc, "nosuchscheme://host/x/" + NAME, BASE_URL_ENV)
+    assert_one_line(exc, "nosuchscheme://host/x/" + NAME, BASE_URL_ENV)
     assert listing(cache) == []

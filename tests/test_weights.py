@@ -29,6 +29,7 @@ from mnv1_coreml.weights import (
 )
 from mnv1_coreml.weights.layouts import ours_to_timm, timm_key_map
 from mnv1_coreml.weights.timm import TIMM_FILENAME, TIMM_REPO
+from tests.conftest import assert_one_line
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO / "tests" / "data"
@@ -48,14 +49,6 @@ def logits(weights: LoadedWeights, alpha: float, res: int, images: np.ndarray) -
     model = build_model(alpha, res, weights)
     with torch.no_grad():
         return model(weights.settings.normalization.apply(images)).numpy()
-
-
-def assert_one_line(exc: pytest.ExceptionInfo[WeightsError], *needles: str) -> str:
-    msg = str(exc.value)
-    assert "\n" not in msg and msg.strip() == msg, msg
-    for needle in needles:
-        assert needle in msg, (needle, msg)
-    return msg
 
 
 # --- ground truth -------------------------------------------------------------------------------
