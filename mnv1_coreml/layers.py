@@ -103,7 +103,7 @@ LAYER_THRESHOLDS: dict[str, LayerThreshold] = {
     "palettized-6": LayerThreshold(min_psnr=16.0, min_step_psnr=25.0),
     "palettized-4": LayerThreshold(min_psnr=11.0, min_step_psnr=16.0),
     "palettized-low": LayerThreshold(min_psnr=3.0, min_step_psnr=6.0),
-    "w8a8": LayerThreshold(min_psnr=14.0, min_step_psnr=19.0),  # measured at 0.25-128 only
+    "w8a8": LayerThreshold(min_psnr=13.0, min_step_psnr=20.0),
 }
 
 

@@ -137,6 +137,19 @@ def check_res(res: int) -> None:
         )
 
 
+class ReLU6(nn.Module):
+    """ReLU6 that traces to ``aten::relu6`` and so to MIL ``relu6``.
+
+    ``nn.ReLU6`` traces to ``hardtanh``, which coremltools lowers to ``clip``; its W8A8 pass
+    only recognises conv -> ``relu6`` (not ``clip``), so with ``clip`` it quantizes the conv's
+    raw output and then the clipped value again: two quantize/dequantize pairs per conv, the
+    first spending half the int8 range on negatives the clip then discards.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.relu6(x)
+
+
 class ConvBnAct(nn.Module):
     """conv (no bias) -> BatchNorm -> ReLU/ReLU6, with torch or TF-SAME padding."""
 
@@ -167,7 +180,7 @@ class ConvBnAct(nn.Module):
             bias=False,
         )
         self.bn = nn.BatchNorm2d(out_ch, eps=cfg.bn_eps)
-        self.act = nn.ReLU6() if cfg.activation == "relu6" else nn.ReLU()
+        self.act = ReLU6() if cfg.activation == "relu6" else nn.ReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.asym_pad is not None:

@@ -70,9 +70,9 @@ def test_layers_are_found_from_the_program_structure(small_packages: dict[str, P
     assert taps[3].shape == (1, 16, 32, 32)  # blocks.1.dw: stride 2
     assert taps[-3].shape == (1, 256, 4, 4)
     assert taps[-1].var == model.logits_name
-    # Every conv layer's value is its activation's output (ReLU6 is a clip in MIL).
+    # Every conv layer's value is its activation's output (ReLU6 traces to MIL relu6).
     producers = {op.outputs[0].name: op.op_type for op in model.package.main.operations}
-    assert {producers[t.var] for t in taps[:27]} == {"clip"}
+    assert {producers[t.var] for t in taps[:27]} == {"relu6"}
 
 
 def test_wrong_width_and_foreign_programs_are_refused(small_packages: dict[str, Path]) -> None:

@@ -154,8 +154,8 @@ def test_tf_padding_converts_to_explicit_pad_ops(models):
 
 def test_intermediate_matches_pytorch_stem(models, nets, images):
     model = models[("torch", "fp32")]
-    first_clip = next(name for t, name in model.operations if t == "clip")
-    var = next(s.outputs[0].name for s in model._steps if s.op.name == first_clip)
+    first_act = next(name for t, name in model.operations if t == "relu6")
+    var = next(s.outputs[0].name for s in model._steps if s.op.name == first_act)
     assert var in model.variable_names
     got = model.predict(images[:2], outputs=[var])[var]
     with torch.no_grad():

@@ -84,6 +84,8 @@ def test_coremltools_private_api_is_where_we_pin_it() -> None:
         "calibration_op_group_size",
     ]
     assert callable(exp._adjust_concat_surrounding_activation_stats)
+    # what makes conv -> relu6 one quantized unit (our model traces ReLU6 to relu6 for it)
+    assert {"relu", "relu6"} <= w8a8.fused_activations()
     # its pass list, in its order: if coremltools adds a pass, we must add it too
     source = inspect.getsource(ptq.linear_quantize_activations)
     found = [name for name in w8a8.COREMLTOOLS_PASSES if f'"{name}"' in source]
@@ -106,7 +108,7 @@ def test_same_vars_as_coremltools_model_debugger(fp16_ios17, calibration) -> Non
     }
     ours = set(w8a8.calibration_var_names(load_program(fp16_ios17), outputs))
     assert ours == theirs
-    assert len(ours) > 60  # every conv, clip, ... of the 0.25-128 network
+    assert len(ours) > 60  # every conv, relu6, ... of the 0.25-128 network
     # plus the input's range, as coremltools records it
     assert set(calibration.stats) == ours | {"image"}
 
@@ -128,7 +130,7 @@ def test_same_program_as_coremltools_linear_quantize_activations(
     assert types[0] == types[1]
     assert _quantize_scales(p_ours) == _quantize_scales(p_theirs)
     counts = Counter(types[0])
-    assert counts["quantize"] == counts["dequantize"] > 50
+    assert counts["quantize"] == counts["dequantize"] == 30
 
 
 def test_coremltools_9_0_keeps_only_the_last_samples_range() -> None:
@@ -191,10 +193,12 @@ def test_report_names_every_fp16_activation_with_a_reason(fp16_ios17, calibratio
     assert len(report.quantized) + len(report.fp16) == len(calibration.stats) - 1
     left = dict(report.fp16)
     assert "add with a constant operand" in left["image__scaled__"]
+    assert sum("fused with its activation" in why for why in left.values()) == 27
     assert all(reason for reason in left.values())
     text = "\n".join(report.summary_lines())
     assert "12 images" in text and "more representative images give better scales" in text
     assert f"{len(report.quantized)}/{len(calibration.stats) - 1} quantized" in text
+    assert "and 25 more: conv -> relu6: fused with its activation" in text  # grouped by reason
 
 
 # --- the packages convert makes ------------------------------------------------------------
@@ -234,7 +238,7 @@ def test_w8a8_package_covers_convs_and_validates(packages) -> None:
 
 def test_w8a8_is_the_int8_package_plus_the_pairs(fp16_ios17, a8, packages, tmp_path) -> None:
     """The same int8 weight blob as ``--quantize int8``; what W8A8 adds is the quantize and
-    dequantize ops in the spec (~700 bytes a pair: 1% of a 1.0-224 package, 7% of 0.25-128)."""
+    dequantize ops in the spec (~700 bytes a pair: 0.5% of a 1.0-224 package, 3.8% of 0.25-128)."""
     from mnv1_coreml.compress.palettize import find_weight_sites
     from mnv1_coreml.compress.quantize import quantizer_config
     from mnv1_coreml.sizes import package_bytes
@@ -249,10 +253,25 @@ def test_w8a8_is_the_int8_package_plus_the_pairs(fp16_ios17, a8, packages, tmp_p
     int8_blob = (paths["int8"] / blob).read_bytes()
     assert (paths["w8a8"] / blob).read_bytes() == int8_blob
     assert (packages["w8a8"].path / blob).read_bytes() == int8_blob  # what convert writes
-    pairs = Counter(op.op_type for op in load_program(a8).functions["main"].operations)
+    operations = list(load_program(a8).functions["main"].operations)
+    pairs = Counter(op.op_type for op in operations)
     extra = package_bytes(paths["w8a8"]) - package_bytes(paths["int8"])
-    assert pairs["quantize"] == pairs["dequantize"] == 56
+    # one pair per activation: the image, each relu6 output, the classifier's input and output
+    assert pairs["quantize"] == pairs["dequantize"] == 1 + 27 + 2
     assert 0 < extra < 800 * pairs["quantize"]
+
+
+def test_pairs_sit_after_the_activation_not_between_conv_and_relu6(a8) -> None:
+    """coremltools' suffix pass fuses conv -> relu6 and quantizes the activation's output, the
+    pattern the Neural Engine runs; ``nn.ReLU6`` traced to ``clip`` instead, which got a pair on
+    the raw conv output too (56 pairs, half of each conv's int8 range spent on negatives)."""
+    operations = list(load_program(a8).functions["main"].operations)
+    convs = [op for op in operations if op.op_type == "conv"]
+    assert not any(op.op_type == "clip" for op in operations)
+    for conv in convs:
+        (act,) = conv.outputs[0].child_ops
+        assert act.op_type == "relu6"
+        assert {child.op_type for child in act.outputs[0].child_ops} <= {"quantize"}
 
 
 def _scale_quantize(package, factor: float) -> str:

@@ -48,6 +48,7 @@ __all__ = [
     "conv_input_coverage",
     "coremltools_accumulates",
     "describe_activations",
+    "fused_activations",
     "image_size",
     "quantize_w8a8",
 ]
@@ -292,7 +293,12 @@ class ActivationQuantization:
             "reference interpreter; more representative images give better scales "
             "(--calibration DIR)",
         ]
-        lines.extend(f"activation left fp16: {name}: {why}" for name, why in self.fp16)
+        groups: dict[str, list[str]] = {}
+        for name, why in self.fp16:
+            groups.setdefault(why, []).append(name)
+        for why, names in groups.items():
+            shown = ", ".join(names[:2]) + (f" and {len(names) - 2} more" if len(names) > 2 else "")
+            lines.append(f"activation{'s' if len(names) > 1 else ''} left fp16: {shown}: {why}")
         return lines
 
     def to_json(self) -> dict[str, Any]:
@@ -307,12 +313,27 @@ class ActivationQuantization:
         }
 
 
+def fused_activations() -> frozenset[str]:
+    """Activations coremltools' suffix pass fuses into the op before them: it quantizes
+    conv -> relu6's output, not the conv's (``_allowed_activations``, pinned by the tests)."""
+    from coremltools.converters.mil.mil.passes.defs.optimize_activation_quantization import (
+        insert_suffix_quantize_dequantize_pair,
+    )
+
+    return frozenset(insert_suffix_quantize_dequantize_pair._allowed_activations)
+
+
 def _why_fp16(var: Any) -> str:
     from coremltools.converters.mil.mil import types
 
     consumers = list(var.child_ops)
     kinds = sorted({op.op_type for op in consumers})
     producer = var.op.op_type if var.op is not None else "input"
+    if (producer in QUANTIZED_OP_TYPES and len(consumers) == 1
+            and consumers[0].op_type in fused_activations()):
+        act = consumers[0].op_type
+        return (f"{producer} -> {act}: fused with its activation; the {act} output is "
+                "quantized instead")
     for op in consumers:
         if op.op_type == "add":
             other = op.inputs["y"] if op.inputs["x"] is var else op.inputs["x"]
