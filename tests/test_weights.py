@@ -28,6 +28,7 @@ from mnv1_coreml.weights import (
     save_state_dict_file,
 )
 from mnv1_coreml.weights.layouts import ours_to_timm, timm_key_map
+from mnv1_coreml.weights.random_init import random_weights
 from mnv1_coreml.weights.timm import TIMM_FILENAME, TIMM_REPO
 from tests.conftest import assert_one_line
 
@@ -346,6 +347,61 @@ def test_pickled_objects_are_refused(tmp_path: Path) -> None:
     with pytest.raises(WeightsError) as exc:
         load_weights(str(path), 0.25, 128)
     assert_one_line(exc, str(path), "mnv1_coreml.model.MobileNetV1", "save model.state_dict()")
+
+
+def test_timm_training_checkpoint_prefers_ema_like_timm(tmp_path: Path) -> None:
+    """What timm's train.py writes (CheckpointSaver): the weights under ``state_dict`` and
+    ``state_dict_ema``, its argparse.Namespace, optimizer state, epoch and metric."""
+    import argparse
+
+    live = random_weights(0.25, 128, seed=1, settings=TIMM_SETTINGS, num_classes=7).state_dict
+    ema = random_weights(0.25, 128, seed=2, settings=TIMM_SETTINGS, num_classes=7).state_dict
+    fc = torch.nn.Linear(2, 2)
+    optimizer = torch.optim.SGD(fc.parameters(), lr=0.1, momentum=0.9)
+    fc(torch.ones(1, 2)).sum().backward()
+    optimizer.step()
+    checkpoint = {
+        "epoch": 3, "arch": "mobilenetv1_100", "version": 2, "metric": 71.2,
+        "args": argparse.Namespace(model="mobilenetv1_100", num_classes=7, lr=0.1),
+        "optimizer": optimizer.state_dict(),
+        "state_dict": ours_to_timm(live), "state_dict_ema": ours_to_timm(ema),
+    }
+    path = tmp_path / "model_best.pth.tar"
+    torch.save(checkpoint, path)
+    weights = load_weights(str(path), 0.25, 128)
+    assert (weights.format, weights.num_classes, weights.settings) == ("timm", 7, TIMM_SETTINGS)
+    assert torch.equal(weights.state_dict["classifier.weight"], ema["classifier.weight"])
+    del checkpoint["state_dict_ema"]
+    torch.save(checkpoint, path)
+    weights = load_weights(str(path), 0.25, 128)
+    assert torch.equal(weights.state_dict["classifier.weight"], live["classifier.weight"])
+
+
+@pytest.mark.parametrize("prefix", ["module.", "_orig_mod.", "module._orig_mod."])
+def test_wrapper_prefixes_are_removed(tmp_path: Path, prefix: str) -> None:
+    truth = random_weights(0.25, 128, seed=4, settings=KERAS_SETTINGS).state_dict
+    path = tmp_path / "ddp.pth"
+    torch.save({"model": {prefix + k: v for k, v in truth.items()}}, path)
+    weights = load_weights(str(path), 0.25, 128)
+    assert weights.format == "mnv1-coreml"
+    assert set(weights.state_dict) == set(truth)
+    assert all(torch.equal(weights.state_dict[k], v) for k, v in truth.items())
+
+
+def test_foreign_key_names_are_named(tmp_path: Path) -> None:
+    path = tmp_path / "resnet.pth"
+    torch.save({"conv1.weight": torch.zeros(8, 3, 7, 7), "fc.weight": torch.zeros(10, 8)}, path)
+    with pytest.raises(WeightsError) as exc:
+        load_weights(str(path), 0.25, 128)
+    assert_one_line(exc, "neither this tool's key names", "conv1.weight, fc.weight")
+
+
+def test_other_pickled_objects_in_a_checkpoint_are_still_refused(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt.pth"
+    torch.save({"state_dict": {}, "scheduler": types.SimpleNamespace(step=1)}, path)
+    with pytest.raises(WeightsError) as exc:
+        load_weights(str(path), 0.25, 128)
+    assert_one_line(exc, "types.SimpleNamespace", "never loaded")
 
 
 def test_missing_file_and_directory(tmp_path: Path) -> None:

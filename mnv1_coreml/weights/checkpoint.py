@@ -2,11 +2,17 @@
 
 Files written by :func:`save_state_dict_file` carry the architecture settings (safetensors
 metadata, or a ``mnv1_coreml_settings`` entry in a .pt file), so they round-trip exactly.
-Reading never unpickles arbitrary objects.
+Reading never unpickles arbitrary objects. Training checkpoints are unwrapped the way timm's
+``load_state_dict`` does it: the EMA weights (``state_dict_ema``, ``model_ema``) if present,
+else ``state_dict`` or ``model``; a ``module.`` (DataParallel/DDP) or ``_orig_mod.``
+(``torch.compile``) prefix on every key is removed. timm's ``train.py`` stores its
+``argparse.Namespace`` in the checkpoint; that one class is allowed through the
+``weights_only`` unpickler (it only sets attributes).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
 import pickle
 import re
@@ -28,6 +34,39 @@ FORMATS_HINT = (
     "a Keras .h5 or .keras file, or a .safetensors/.pt/.pth state dict in this tool's or "
     "timm's layout"
 )
+
+
+#: Where training checkpoints keep the weights, in timm's order of preference.
+STATE_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model")
+#: Wrapper prefixes on every key: DataParallel/DDP, torch.compile.
+WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+
+
+def _torch_load(path: Path) -> object:
+    """``torch.load(weights_only=True)``, letting timm's ``argparse.Namespace`` through."""
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    if allow is None:
+        torch.serialization.add_safe_globals([argparse.Namespace])
+        return torch.load(path, map_location="cpu", weights_only=True)
+    with allow([argparse.Namespace]):
+        return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _is_tensor_dict(value: object) -> bool:
+    return isinstance(value, dict) and bool(value) and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items()
+    )
+
+
+def unwrap_checkpoint(state: object) -> object:
+    """The weights inside a training checkpoint (see the module docstring), unprefixed."""
+    if isinstance(state, dict) and not _is_tensor_dict(state):
+        state = next((state[k] for k in STATE_KEYS if _is_tensor_dict(state.get(k))), state)
+    if _is_tensor_dict(state):
+        for prefix in WRAPPER_PREFIXES:
+            while all(k.startswith(prefix) for k in state):  # type: ignore[union-attr]
+                state = {k[len(prefix):]: v for k, v in state.items()}  # type: ignore[union-attr]
+    return state
 
 
 def one_line(exc: BaseException) -> str:
@@ -63,7 +102,7 @@ def read_state_dict_file(
                     if k.startswith(META_PREFIX)
                 }
         else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = _torch_load(path)
     except pickle.UnpicklingError as exc:
         found = re.search(r"Unsupported global: GLOBAL (\S+)", str(exc))
         if found:
@@ -82,12 +121,10 @@ def read_state_dict_file(
         ) from None
     if isinstance(state, dict) and isinstance(state.get(SETTINGS_KEY), dict):
         meta = {str(k): str(v) for k, v in state[SETTINGS_KEY].items()}
-    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict) or not state or not all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
-    ):
+    state = unwrap_checkpoint(state)
+    if not _is_tensor_dict(state):
         raise WeightsError(f"{path} does not hold a state dict (a mapping of names to tensors)")
+    assert isinstance(state, dict)
     bad = next((k for k, v in state.items() if v.is_floating_point()
                 and not bool(torch.isfinite(v).all())), None)
     if bad is not None:

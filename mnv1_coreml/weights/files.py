@@ -1,4 +1,5 @@
-"""Loader: a state-dict file (safetensors or PyTorch) in our layout or timm's, any class count.
+"""Loader: a state-dict file (safetensors or PyTorch) in our layout or timm's, any class count,
+plain or inside a training checkpoint (:func:`.checkpoint.unwrap_checkpoint`).
 
 The layout is told apart by key names (timm's stem is ``conv_stem``); settings come from the
 file's own metadata when this tool wrote it, timm's for timm names, else our defaults.
@@ -10,8 +11,9 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..errors import WeightsError
 from ..hashing import file_sha256
-from .checkpoint import read_state_dict_file
+from .checkpoint import FORMATS_HINT, read_state_dict_file
 from .layouts import is_timm_layout, timm_to_ours
 from .settings import (
     OUR_SETTINGS,
@@ -30,6 +32,12 @@ def load_state_dict_weights(
     state, meta = read_state_dict_file(path)
     if is_timm_layout(state):
         state, settings, fmt = timm_to_ours(state), TIMM_SETTINGS, "timm"
+    elif "stem.conv.weight" not in state:
+        first = ", ".join(list(state)[:3])
+        raise WeightsError(
+            f"{path} holds neither this tool's key names (stem.conv.weight, ...) nor timm's "
+            f"(conv_stem.weight, ...) but {first}, ...; pass {FORMATS_HINT}"
+        )
     else:
         settings = settings_from_metadata(meta, str(path)) or OUR_SETTINGS
         fmt = "mnv1-coreml"
