@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from .choices import PRECISIONS
-from .coreml import TARGETS, ct, quiet_coremltools
+from .coreml import TARGETS, ct, quiet_coremltools, shared_constants
 from .errors import UserError
 from .images import Normalization
 from .labels import imagenet_labels
@@ -68,7 +68,7 @@ def to_coreml(
 ) -> Any:
     """ct.convert with the image input and the classifier; returns an unsaved MLModel."""
     scale, bias = normalization.image_type_params()
-    with quiet_coremltools():
+    with quiet_coremltools(), shared_constants():
         mlmodel = ct.convert(
             traced,
             inputs=[

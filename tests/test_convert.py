@@ -77,6 +77,34 @@ def test_spec_contract(small_packages: dict[str, Path], precision: str) -> None:
     assert "softmax" in kinds and kinds[-1] == "classify"
 
 
+def repeated_constants(path: Path) -> list[list[str]]:
+    """Names of numeric ``const`` ops that hold the same typed value, grouped (empty when all
+    differ). coremltools never shares string and bool constants (``should_be_deduplicated``)."""
+    spec = ct.utils.load_spec(str(path))
+    fn = spec.mlProgram.functions["main"]
+    unshared = {ct.proto.MIL_pb2.STRING, ct.proto.MIL_pb2.BOOL}
+    by_value: dict[bytes, list[str]] = {}
+    for op in fn.block_specializations[fn.opset].operations:
+        if op.type == "const" and op.outputs[0].type.tensorType.dataType not in unshared:
+            key = op.outputs[0].type.SerializeToString() + op.attributes["val"].SerializeToString()
+            by_value.setdefault(key, []).append(op.outputs[0].name)
+    return [names for names in by_value.values() if len(names) > 1]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "fp32"])
+def test_repeated_constants_are_shared(small_packages: dict[str, Path], precision: str) -> None:
+    """Strides, pads, groups... are one const each (coremltools alone shares only tensors of
+    100+ elements), and the threshold it keeps in a class attribute is back to its default."""
+    from coremltools.converters.mil.mil.passes.defs.cleanup.const_deduplication import (
+        const_deduplication,
+    )
+
+    assert repeated_constants(small_packages[precision]) == []
+    consts = [t for t, _, _ in program_ops(small_packages[precision])].count("const")
+    assert consts < 110, consts  # 27 convs with 5 scalar/tuple constants each, unshared: 170+
+    assert const_deduplication._const_threshold == 100
+
+
 def test_palettized_every_weight(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "pal8.mlpackage"
     code = main(["convert", "--alpha", "0.25", "--res", "128", "--weights", "random",
@@ -89,6 +117,7 @@ def test_palettized_every_weight(tmp_path: Path, capfd: pytest.CaptureFixture[st
     for noise in ("Running compression pass", "Converting PyTorch Frontend", "Running MIL",
                   " ops/s]", "passes/s]"):
         assert noise not in err, (noise, err)
+    assert repeated_constants(out) == []  # compression's new constants are shared too
     producers = weight_producers(out)
     assert len(producers) == 28  # stem + 13 x (dw, pw) + FC
     assert set(producers.values()) == {"constexpr_lut_to_dense"}, producers

@@ -12,7 +12,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from ..coreml import TARGETS, cto, load_program, quiet_coremltools, target_name
+from ..coreml import (
+    TARGETS,
+    cto,
+    load_program,
+    quiet_coremltools,
+    shared_constants,
+    target_name,
+)
 from ..errors import UserError
 from .config import CompressionConfig, Palettize, QuantizeInt8, QuantizeW8A8
 from .kmeans import warm_up
@@ -219,7 +226,7 @@ def compress(
     sites, skipped = find_weight_sites(prog)
     report = CompressionReport(config=config, target=target)
     report.uncompressed.extend(UncompressedWeight(*s) for s in skipped)
-    with quiet_coremltools():
+    with quiet_coremltools(), shared_constants():
         result = run_pass(mlmodel, config, sites, report, workers)
     new_ops = {}
     for func in load_program(result.model).functions.values():
