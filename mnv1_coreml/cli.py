@@ -627,7 +627,7 @@ def validate(
               f"cosine >= {t.min_cosine}, PSNR >= {t.min_psnr} dB", markup=False)
     out.print(report.verdict_line(), markup=False)
     layer_report = None
-    if runner is not None:  # --layers
+    if runner is not None and report.images:  # --layers (if anything could be compared)
         layer_report = _validate_layers(model, golden_set, golden_label, runner,
                                         compute_units.value, plot_path)
     if json_path is not None:
@@ -854,13 +854,17 @@ def evaluate(
                                markup=False, highlight=False, soft_wrap=True)
 
     with progress:
-        report = run_evaluate(
-            models, data, labels_csv=labels_csv, limit=limit, crop_fraction=crop_fraction,
-            jobs=jobs, batch_size=batch_size, backend=backend.value,
-            compute_units=compute_units.value, pytorch=not no_pytorch,
-            mean=_parse_triplet(mean, "--mean"), std=_parse_triplet(std, "--std"), on_start=start,
-            on_progress=advance, on_unreadable=unreadable,
-        )
+        try:
+            report = run_evaluate(
+                models, data, labels_csv=labels_csv, limit=limit, crop_fraction=crop_fraction,
+                jobs=jobs, batch_size=batch_size, backend=backend.value,
+                compute_units=compute_units.value, pytorch=not no_pytorch,
+                mean=_parse_triplet(mean, "--mean"), std=_parse_triplet(std, "--std"),
+                on_start=start, on_progress=advance, on_unreadable=unreadable,
+            )
+        except BaseException:
+            progress.live.transient = True  # the error line alone says what went wrong
+            raise
     rows = report.summary_rows()
     table = Table(title="evaluate (ordered by package size)")
     for col in rows[0]:

@@ -497,8 +497,9 @@ def _layer_setup(model_path: Path, golden: GoldenSet, backend: str, compute_unit
             runner = make_backend(backend, model_path, compute_units)  # type: ignore[arg-type]
         ref = runner.model if isinstance(runner, ReferenceBackend) else ReferenceModel.load(
             model_path)
-    except InterpreterError as exc:
-        raise UserError(f"{model_path}: {exc}") from None
+    except InterpreterError as exc:  # name the package once (the loader's messages do)
+        raise UserError(str(exc) if str(model_path) in str(exc) else f"{model_path}: {exc}") \
+            from None
     cfg = _package_cfg(contract.metadata, golden, ref.image_size[0] if ref.image_size else None)
     return runner, map_layers(ref, cfg), kind
 

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 
 from .coreml import ct, quiet_coremltools
-from .errors import UserError, one_line
+from .errors import UserError
 from .fsutil import as_path
 
 
@@ -50,20 +50,14 @@ def _classify_labels(spec: object) -> list[str]:
 
 
 def read_contract(path: str | os.PathLike[str]) -> ModelContract:
-    """Parse the spec of ``path``; a missing or unreadable package is a user error."""
+    """Parse the spec of ``path``; a missing, unreadable or inconsistent package (anything
+    :func:`mnv1_coreml.mil.loader.read_spec` refuses) is a one-line user error."""
+    from .mil.loader import read_spec
+
     path = as_path(path)
-    if not path.exists():
-        raise UserError(f"{path} does not exist; pass the path of a .mlpackage")
-    try:
-        with quiet_coremltools():
-            spec = ct.utils.load_spec(str(path))
-    except Exception as exc:  # coremltools raises bare Exceptions for bad packages
-        raise UserError(
-            f"{path} is not a readable Core ML model ({one_line(exc)})"
-        ) from None
+    with quiet_coremltools():
+        _, spec = read_spec(path)
     desc = spec.description
-    if not desc.input:
-        raise UserError(f"{path} has no inputs")
     inp = desc.input[0]
     kind = inp.type.WhichOneof("Type") or ""
     width = height = 0
@@ -76,8 +70,10 @@ def read_contract(path: str | os.PathLike[str]) -> ModelContract:
     model_kind = spec.WhichOneof("Type") or ""
     try:
         labels = _classify_labels(spec) if model_kind == "mlProgram" else []
-    except (KeyError, IndexError, AttributeError) as exc:
-        raise UserError(f"{path}: the ML Program's classifier is malformed ({exc!r})") from None
+    except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
+        raise UserError(
+            f"{path}: the ML Program's classifier is malformed ({exc!r}); convert it again"
+        ) from None
     return ModelContract(
         kind=model_kind,
         input_name=inp.name,

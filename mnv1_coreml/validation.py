@@ -171,7 +171,10 @@ def check_contract(contract: ModelContract, golden: GoldenSet) -> list[str]:
         )
     if contract.input_kind == "imageType" and contract.color_space != "RGB":
         errors.append(f"input colour space is {contract.color_space}, expected RGB")
-    if len(contract.labels) != golden.logits.shape[1]:
+    if not contract.labels or not contract.probs_output:
+        errors.append("the model is not a classifier (no classify op with class labels); "
+                      f"the golden has {golden.logits.shape[1]} classes")
+    elif len(contract.labels) != golden.logits.shape[1]:
         errors.append(f"{len(contract.labels)} class labels, golden has {golden.logits.shape[1]}")
     elif contract.labels != golden.labels:
         wrong = sum(a != b for a, b in zip(contract.labels, golden.labels, strict=True))
@@ -315,8 +318,8 @@ def validate(
     )
     if contract.input_kind != "imageType" or (contract.width, contract.height) != (
         golden.res, golden.res
-    ):
-        return report  # nothing comparable can run
+    ) or not contract.labels or not contract.probs_output:
+        return report  # nothing comparable can run: the contract errors say why
     output = runner.run(golden.images)
     probs, top1 = _align(output, golden.labels)
     use_logits = output.logits is not None and output.logits.shape == golden.logits.shape

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from mnv1_coreml.mil import InterpreterError, ReferenceModel, UnsupportedOpError
+from mnv1_coreml.mil import InterpreterError, ReferenceModel
 from mnv1_coreml.mil.loader import ct
 
 mb = ct.converters.mil.Builder
@@ -346,14 +346,19 @@ def test_upsample_nearest_neighbor_integer_factors():
     np.testing.assert_array_equal(out, want)
 
 
-def test_upsample_fractional_factor_is_refused_by_name():
-    @mb.program(input_specs=[mb.TensorSpec(shape=(1, 2, 4, 4))], opset_version=IOS17)
+def test_upsample_fractional_factors_read_floor_of_o_in_over_out():
+    """Output ``o`` reads ``floor(o * in / out)``: Core ML's expected output in coremltools'
+    iOS15 ``TestUpsampleNearestNeighborFractionalScales`` (3 -> 3 columns at 1.12 read
+    0, 1, 2); 4 -> 6 rows at 1.5 read 0, 0, 1, 2, 2, 3."""
+    x = np.arange(12, dtype=np.float32).reshape(1, 1, 4, 3)
+
+    @mb.program(input_specs=[mb.TensorSpec(shape=x.shape)], opset_version=IOS17)
     def prog(inp):
         return mb.upsample_nearest_neighbor(x=inp, scale_factor_height=1.5,
-                                            scale_factor_width=2.0)
+                                            scale_factor_width=1.12)
 
-    with pytest.raises(UnsupportedOpError, match="upsample_nearest_neighbor.*1.5"):
-        ReferenceModel.from_program(prog)
+    (out,) = _run(prog, inp=x)
+    np.testing.assert_array_equal(out, x[:, :, [0, 0, 1, 2, 2, 3]][:, :, :, [0, 1, 2]])
 
 
 @pytest.mark.parametrize("rank", [3, 4])

@@ -28,3 +28,12 @@ class UnsupportedOpError(InterpreterError):
         if detail:
             msg += f": {detail}"
         super().__init__(msg)
+
+
+class PredictionError(InterpreterError, RuntimeError):
+    """The program ran into an input the Core ML runtime refuses while predicting (an index out
+    of range where the op asks for validation, ...). Also a ``RuntimeError``, which is what
+    coremltools' ``MLModel.predict`` raises for a failed prediction."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(f"Unable to compute the prediction using ML Program: {detail}")

@@ -122,10 +122,14 @@ def to_features(model: Any, results: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def predict_features(
-    model: Any, data: Mapping[str, Any] | Sequence[Mapping[str, Any]]
+    model: Any, data: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    state: dict[str, np.ndarray] | None = None,
 ) -> dict[str, Any] | list[dict[str, Any]]:
-    """coremltools' ``MLModel.predict(data)`` on the interpreter (see the module docstring)."""
+    """coremltools' ``MLModel.predict(data, state)`` on the interpreter (see the module
+    docstring); ``state`` (``make_state()``) is for single predictions, as in coremltools."""
     _description(model)
     if isinstance(data, Mapping):
-        return to_features(model, model.run(to_feeds(model, data)))
+        return to_features(model, model.run(to_feeds(model, data), state=state))
+    if state is not None:
+        raise InterpreterError("State can only be used for unbatched predictions")
     return [to_features(model, model.run(to_feeds(model, item))) for item in data]

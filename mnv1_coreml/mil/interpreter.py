@@ -21,12 +21,21 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from . import ops, ops_elementwise, ops_tensor  # noqa: F401 (the last two register kernels)
+from . import (  # noqa: F401 (all but ops and features register kernels on import)
+    features,
+    ops,
+    ops_elementwise,
+    ops_image,
+    ops_index,
+    ops_math,
+    ops_tensor,
+)
 from .errors import InterpreterError, UnsupportedOpError
 from .loader import (
     ImageInput,
@@ -34,6 +43,7 @@ from .loader import (
     Operation,
     Program,
     Var,
+    corrupt_message,
     from_program,
     is_symbolic,
     load_package,
@@ -137,11 +147,15 @@ class ReferenceModel:
         self.exact_batch = exact_batch
         self.path = package.path
         fn = package.main
-        self._inputs: dict[str, Var] = dict(fn.inputs)
+        #: iOS18 state inputs are not fed: :meth:`make_state` gives their values (see run()).
+        self._states: dict[str, Var] = {
+            k: v for k, v in fn.inputs.items() if types.is_state(v.sym_type)}
+        self._inputs: dict[str, Var] = {
+            k: v for k, v in fn.inputs.items() if k not in self._states}
         self._outputs: list[Var] = list(fn.outputs)
         # Values are keyed by Var, not name: coremltools' loader can create a const whose
         # generated name repeats one in the file (e.g. classify's classes as "const_0").
-        self._vars: dict[str, Var] = dict(self._inputs)  # name lookup for callers
+        self._vars: dict[str, Var] = {**self._inputs, **self._states}  # name lookup for callers
         self._consts: dict[Var, Any] = {}  # const var -> NumPy / Python value
         self._const_env: dict[Var, Any] = {}  # const var -> storage value (tensor, str, list)
         self._steps: list[_Step] = []
@@ -160,8 +174,19 @@ class ReferenceModel:
         """Load an ``.mlpackage``; raises :class:`UnsupportedOpError` for ops without kernels.
 
         ``exact_batch=False`` trades bit-identity between batched and single runs for speed
-        (see :attr:`exact_batch`): for accuracy statistics, never for validation."""
-        return cls(load_package(path), exact_batch=exact_batch)
+        (see :attr:`exact_batch`): for accuracy statistics, never for validation.
+
+        Any problem with the package is an :class:`InterpreterError` (one line): the loader
+        checks the package, and a program that loads but cannot be prepared (a constexpr
+        whose data does not fit its shape, ...) is reported as corrupt, never as a raw
+        NumPy/torch exception."""
+        package = load_package(path)
+        try:
+            return cls(package, exact_batch=exact_batch)
+        except InterpreterError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any other failure here is the package's
+            raise InterpreterError(corrupt_message(package.path or Path(path), exc)) from None
 
     @classmethod
     def from_program(cls, program: Program) -> ReferenceModel:
@@ -362,10 +387,24 @@ class ReferenceModel:
     # ----------------------------------------------------------------------------------------
     # execution
 
+    def make_state(self) -> dict[str, np.ndarray]:
+        """Fresh values for the model's state inputs (zeros, as Core ML's ``make_state``), to
+        pass to :meth:`run` / :meth:`predict` as ``state=``; they are updated in place."""
+        out = {}
+        for name, var in self._states.items():
+            tensor_type = var.sym_type.wrapped_type()
+            dtype = numpy_dtype(tensor_type.get_primitive())
+            out[name] = np.zeros([int(d) for d in tensor_type.get_shape()], dtype)
+        return out
+
     def run(
-        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None
+        self, feeds: Mapping[str, np.ndarray], outputs: Sequence[str] | None = None,
+        state: dict[str, np.ndarray] | None = None,
     ) -> dict[str, Any]:
         """Run the program on raw inputs (program layout and units, e.g. 0..255 floats).
+
+        A stateful model (iOS18) needs ``state``, from :meth:`make_state`: ``read_state`` sees
+        its values, and ``coreml_update_state`` writes them back when the run ends.
 
         Each input has the program's declared shape, or carries N samples: ``(N, *shape[1:])``
         for a batch-1 input, or ``(N, *shape)``. Returns ``{name: value}`` for ``outputs``
@@ -378,9 +417,15 @@ class ReferenceModel:
                 raise InterpreterError(f"no variable named {name!r} in the program")
         wanted = [self._vars[name] for name in names]
         arrays, n, mode = self._check_feeds(feeds)
+        if self._states:
+            if state is None or sorted(state) != sorted(self._states):
+                raise InterpreterError(f"a stateful model: pass state=make_state() (states "
+                                       f"{sorted(self._states)})")
+            if n != 1:
+                raise InterpreterError("a stateful model runs one sample at a time")
         if mode == "batch" and (self.batch_plan.vectorised or n == 1):
             batched = self.batch_plan.vectorised
-            values = self._execute(arrays, wanted, batched)
+            values = self._execute(arrays, wanted, batched, state)
             pairs = zip(names, wanted, strict=True)
             return {name: _to_numpy(values[var], var) for name, var in pairs}
         # One sample at a time ("stacked" inputs lack the batch dim, or the plan forbids it).
@@ -394,10 +439,18 @@ class ReferenceModel:
         }
 
     def predict(
-        self, images: np.ndarray | Sequence[np.ndarray], outputs: Sequence[str] | None = None
-    ) -> dict[str, Any]:
+        self,
+        images: np.ndarray | Sequence[np.ndarray] | Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        outputs: Sequence[str] | None = None,
+        state: dict[str, np.ndarray] | None = None,
+    ) -> Any:
         """Run uint8 RGB images, (H, W, 3) or (N, H, W, 3), as Core ML would; see :meth:`run`
         for ``outputs`` and the result.
+
+        Given a dict (or a list of dicts) instead, this is coremltools' ``MLModel.predict``:
+        ``{input name: PIL image or array}`` in, ``{output name: array, label or
+        {label: probability}}`` out, so code written for the Core ML runtime runs here
+        unchanged (:mod:`.features`).
 
         Pixels enter the program as 0..255 floats in the model's colour order: channels are
         reversed for a BGR model, and a GRAYSCALE model gets PIL's ``convert("L")`` luma
@@ -405,6 +458,11 @@ class ReferenceModel:
         images directly. Images must already have the model's size (see
         ``mnv1_coreml.images.prepare_image``).
         """
+        if features.is_feature_dict(images):
+            if outputs is not None:
+                raise InterpreterError("outputs= is for image arrays; a dict input returns the "
+                                       "model's outputs, as coremltools does")
+            return features.predict_features(self, images, state)  # type: ignore[arg-type]
         if self._image is None:
             raise InterpreterError("the model has no image input; use run() with arrays")
         # An input without a batch dim, (C, H, W), gets one image per run (see run()).
@@ -461,9 +519,18 @@ class ReferenceModel:
         for name, var in self._inputs.items():
             arr = np.asarray(feeds[name])
             shape = _static_shape(var)
-            if shape is None or any(is_symbolic(d) for d in shape):
-                raise InterpreterError(f"input {name!r}: only fixed-shape inputs are supported")
-            if arr.shape == shape:
+            if shape is None:
+                raise InterpreterError(f"input {name!r}: not a tensor input")
+            if any(is_symbolic(d) for d in shape):
+                # a flexible input (RangeDim / EnumeratedShapes): one sample of any size in
+                # the symbolic dims; kernels work from the runtime shapes
+                if arr.ndim != len(shape) or any(
+                    not is_symbolic(d) and int(d) != s for d, s in zip(shape, arr.shape,
+                                                                       strict=True)):
+                    raise InterpreterError(f"input {name!r}: shape {arr.shape} does not fit "
+                                           f"the program's {shape}")
+                n, mode = 1, "batch"
+            elif arr.shape == shape:
                 n, mode = 1, "batch"
             elif shape and shape[0] == 1 and arr.ndim == len(shape) and arr.shape[1:] == shape[1:]:
                 n, mode = arr.shape[0], "batch"
@@ -484,13 +551,18 @@ class ReferenceModel:
 
     @torch.inference_mode()
     def _execute(
-        self, arrays: Mapping[str, np.ndarray], wanted: Sequence[Var], batched: bool
+        self, arrays: Mapping[str, np.ndarray], wanted: Sequence[Var], batched: bool,
+        state: dict[str, np.ndarray] | None = None,
     ) -> dict[Var, Any]:
         env: dict[Var, Any] = dict(self._const_env)
         for name, arr in arrays.items():
             var = self._inputs[name]
             dtype = _var_dtype(var)
             env[var] = to_tensor(np.asarray(arr, dtype=numpy_dtype(dtype)), dtype)
+        cells = {}
+        for name, var in self._states.items():
+            dtype = var.sym_type.wrapped_type().get_primitive()
+            cells[name] = env[var] = ops_tensor.StateCell(to_tensor(state[name], dtype))
         n = next(iter(arrays.values())).shape[0] if batched and arrays else 1
         keep = set(wanted)
         for step in self._steps:
@@ -527,6 +599,8 @@ class ReferenceModel:
             for var in step.frees:
                 if var not in keep:
                     del env[var]
+        for name, cell in cells.items():  # the run succeeded: the state takes the updates
+            state[name][...] = cell.value.numpy().astype(state[name].dtype)
         return {var: env[var] for var in wanted}
 
     def _per_sample(self, step: _Step, env: dict[Var, Any], n: int) -> tuple[Any, ...]:

@@ -16,8 +16,9 @@ sample (safe, and bit-identical to single runs). Rules are declared only where t
 provably the same bits either way: elementwise IEEE arithmetic, data movement, max/min.
 Convs and matmuls (oneDNN picks batch-size-dependent algorithms), sums (ATen vectorises
 short rows across rows) and SIMD transcendentals (vector body and scalar tail differ) run per
-sample, as measured. Kernels for other classifiers' ops live in :mod:`.ops_elementwise` and
-:mod:`.ops_tensor` (the package imports them, which registers their kernels); quantization
+sample, as measured. Kernels for other ops live in :mod:`.ops_elementwise`, :mod:`.ops_math`,
+:mod:`.ops_tensor` (incl. iOS18 states), :mod:`.ops_index` (gather / scatter, slice_update) and
+:mod:`.ops_image` (the package imports them, which registers their kernels); quantization
 kernels (W8A8) are below.
 """
 

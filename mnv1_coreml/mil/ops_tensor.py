@@ -1,7 +1,7 @@
 """Tensor-manipulation and attention kernels beyond MobileNet V1's.
 
 ``concat`` and ``slice_by_index`` (GhostNet's ghost modules, a ViT's class token), ``split``,
-``slice_by_size``, ``flatten2d``, ``stack``, ``tile``, ``gather``, nearest-neighbour upsampling,
+``slice_by_size``, ``flatten2d``, ``stack``, ``tile``, nearest-neighbour upsampling,
 ``einsum`` in the one form MIL defines, and iOS18's ``scaled_dot_product_attention``.
 Semantics are coremltools' op definitions (``defs/iOS15/tensor_operation.py``,
 ``tensor_transformation.py``, ``image_resizing.py``, ``linear.py``, ``iOS18/transformers.py``).
@@ -100,7 +100,11 @@ def _slice_by_index(a: OpArgs) -> torch.Tensor:
     """NumPy basic slicing per dim (coremltools' ``solve_slice_by_index_slice``): ``begin``,
     ``end``, ``stride`` (negative walks backwards); ``begin_mask``/``end_mask`` ignore the
     bound; ``squeeze_mask`` takes the one element at ``begin`` and drops the dim."""
-    x = a.tensor("x")
+    return slice_index(a, a.tensor("x"))
+
+
+def slice_index(a: OpArgs, x: torch.Tensor) -> torch.Tensor:
+    """``x`` sliced by the ``slice_by_index`` parameters of ``a`` (also ``slice_update``'s)."""
     rank = x.dim()
     begin, end = a.ints("begin"), a.ints("end")
     stride = a.ints("stride", [1] * rank)
@@ -125,7 +129,7 @@ def _numpy_slice(x: torch.Tensor, slices: tuple[slice, ...]) -> torch.Tensor:
     """Torch slicing where every step is positive (a view), NumPy's otherwise."""
     if all(s.step is None or s.step > 0 for s in slices):
         return x[slices]
-    return torch.from_numpy(np.ascontiguousarray(x.numpy()[slices]))
+    return torch.from_numpy(x.numpy()[slices].copy(order="C"))  # fresh, positive strides
 
 
 @register("slice_by_size", exact=True, batch=flows("x", check=_keeps_dim0))
@@ -144,7 +148,7 @@ def _slice_by_size(a: OpArgs) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------------------------
-# reshaping, tiling, gathering
+# reshaping, tiling
 
 
 def _flatten_keeps_batch(op: Operation, batched: Batched) -> str:
@@ -176,55 +180,51 @@ def _tile(a: OpArgs) -> torch.Tensor:
     return a.tensor("x").repeat(a.ints("reps"))
 
 
-def _check_gather(op: Operation) -> None:
-    batch_dims = _const_ints(op, "batch_dims")
-    if batch_dims is not None and batch_dims[0] != 0:
-        raise UnsupportedOpError(op.op_type, op.name, "batch_dims other than 0")
-
-
-@register("gather", exact=True, check=_check_gather, batch=PER_SAMPLE)
-def _gather(a: OpArgs) -> torch.Tensor:
-    """``np.take(x, indices, axis)``; negative indices count from the end (the spec allows
-    them; an index out of range is an error, as ``validate_indices`` asks)."""
-    x = a.tensor("x")
-    axis = int(a.scalar("axis", 0)) % x.dim()
-    idx = torch.as_tensor(np.asarray(a.value("indices")), dtype=torch.int64)
-    size = x.shape[axis]
-    if bool(((idx < -size) | (idx >= size)).any()):
-        raise InterpreterError(f"gather {a.op.name!r}: index out of range for size {size}")
-    idx = torch.where(idx < 0, idx + size, idx)
-    out = torch.index_select(x, axis, idx.reshape(-1))
-    return out.reshape([*x.shape[:axis], *idx.shape, *x.shape[axis + 1 :]])
-
-
 # --------------------------------------------------------------------------------------------
 # resizing
 
 
-def _integer_factor(op: Operation, name: str) -> int:
+def _scale_factor(op: Operation, name: str) -> float:
     var = op.inputs.get(name)
     value = 1.0 if var is None else float(np.asarray(var.val))
-    if value != int(value) or value < 1:
-        raise UnsupportedOpError(
-            op.op_type, op.name, f"{name} {value}: only integer factors have one definition"
-        )
-    return int(value)
+    if not math.isfinite(value) or value <= 0:
+        raise UnsupportedOpError(op.op_type, op.name, f"{name} {value}: must be positive")
+    return value
 
 
 def _check_upsample(op: Operation) -> None:
     for name in ("scale_factor_height", "scale_factor_width"):
-        _integer_factor(op, name)
+        _scale_factor(op, name)
+
+
+def _upsampled_size(scale: object, size: int) -> int:
+    """``floor(size * scale)`` in the scale's own dtype, as coremltools' type inference
+    computes it (an fp32 scale multiplies in fp32)."""
+    return int(np.floor(np.asarray(scale)[()] * size))
 
 
 @register("upsample_nearest_neighbor", exact=True, check=_check_upsample,
           batch=flows("x"))
 def _upsample_nearest_neighbor(a: OpArgs) -> torch.Tensor:
-    """Each of the last two dims repeated by its integer scale factor (each pixel becomes an
-    ``fh x fw`` block); fractional factors are refused at load time."""
+    """Output size ``floor(in * scale)`` per spatial dim (the last two); output index ``o``
+    reads input ``floor(o * in / out)``: the scale recomputed from the sizes, in exact integer
+    arithmetic. Integer factors repeat each pixel ``f`` times. Core ML's own expected outputs
+    for fractional factors (coremltools' iOS15 ``TestUpsampleNearestNeighborFractionalScales``:
+    3 -> 3 columns at 1.12 reads 0, 1, 2, where ``floor(o / scale)`` would read 0, 0, 1) and
+    its TensorFlow tests (``ResizeNearestNeighbor`` without half-pixel centers, 10 -> 25 rows)
+    fix this rule; coremltools has no value inference for the op."""
     x = a.tensor("x")
-    fh = _integer_factor(a.op, "scale_factor_height")
-    fw = _integer_factor(a.op, "scale_factor_width")
-    return x.repeat_interleave(fh, dim=-2).repeat_interleave(fw, dim=-1)
+    for dim, name in ((-2, "scale_factor_height"), (-1, "scale_factor_width")):
+        size = x.shape[dim]
+        out = _upsampled_size(a.value(name, 1), size)
+        if out == size:
+            continue
+        if out % size == 0:
+            x = x.repeat_interleave(out // size, dim=dim)
+        else:
+            src = torch.div(torch.arange(out) * size, out, rounding_mode="floor")
+            x = x.index_select(dim, src)
+    return x
 
 
 # --------------------------------------------------------------------------------------------
@@ -263,3 +263,39 @@ def _sdpa(a: OpArgs) -> torch.Tensor:
     elif mask is not None:
         scores = scores + mask
     return torch.matmul(torch.softmax(scores, dim=-1), v)
+
+
+# --------------------------------------------------------------------------------------------
+# states (iOS18 stateful models)
+
+
+class StateCell:
+    """A state input's value during one prediction: ``read_state`` reads it,
+    ``coreml_update_state`` replaces it (never in place, so earlier reads keep their value)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: torch.Tensor) -> None:
+        self.value = value
+
+
+def _cell(a: OpArgs, name: str) -> StateCell:
+    cell = a._env[a.var(name)]
+    if not isinstance(cell, StateCell):
+        raise InterpreterError(f"{a.op.op_type} {a.op.name!r}: {name!r} is not a state input")
+    return cell
+
+
+@register("read_state", exact=True, batch=PER_SAMPLE)
+def _read_state(a: OpArgs) -> torch.Tensor:
+    """The state's current value (zeros before any update, as ``MLModel.make_state`` gives)."""
+    return _cell(a, "input").value
+
+
+@register("coreml_update_state", exact=True, batch=PER_SAMPLE)
+def _coreml_update_state(a: OpArgs) -> torch.Tensor:
+    """Store ``value`` in the state (the interpreter returns it to the caller's state after the
+    run) and pass it on as the op's output."""
+    value = a.tensor("value")
+    _cell(a, "state").value = value
+    return value
