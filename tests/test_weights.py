@@ -338,7 +338,7 @@ def test_hdf5_that_is_not_keras(tmp_path: Path) -> None:
         f.create_group("layers/conv1/vars")["0"] = np.zeros((3, 3, 3, 8), np.float32)
     with pytest.raises(WeightsError) as exc:
         load_weights(str(keras3), 0.25, 128)
-    assert_one_line(exc, "Keras 3", "by position")
+    assert_one_line(exc, "Keras 3 weights file without a MobileNet base", "conv1")
 
 
 def test_pickled_objects_are_refused(tmp_path: Path) -> None:

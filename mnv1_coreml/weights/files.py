@@ -14,7 +14,7 @@ from pathlib import Path
 from ..errors import WeightsError
 from ..hashing import file_sha256
 from .checkpoint import FORMATS_HINT, read_state_dict_file
-from .layouts import is_timm_layout, timm_to_ours
+from .layouts import is_timm_layout, refuse_timm_variant, timm_to_ours
 from .settings import (
     OUR_SETTINGS,
     TIMM_SETTINGS,
@@ -31,6 +31,7 @@ def load_state_dict_weights(
     path = Path(path)
     state, meta = read_state_dict_file(path)
     if is_timm_layout(state):
+        refuse_timm_variant(state, path)
         state, settings, fmt = timm_to_ours(state), TIMM_SETTINGS, "timm"
     elif "stem.conv.weight" not in state:
         first = ", ".join(list(state)[:3])

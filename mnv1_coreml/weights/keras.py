@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Mapping
 
 import h5py
 import numpy as np
-import torch
 
 from ..catalog import KERAS_BASE_URL, available_keras_variants, keras_variant
 from ..errors import WeightsError, one_line
@@ -31,6 +31,7 @@ from .download import (
 from .keras_common import (
     SUPPORTED_HEAD,
     KerasModel,
+    KerasRead,
     base_layer_names,
     build_state,
     check_alpha,
@@ -67,9 +68,8 @@ def _weights_root(f: h5py.File, label: str) -> h5py.Group:
         return f["model_weights"]
     if "layers" in f or "vars" in f:
         raise WeightsError(
-            f"{label} is a Keras 3 .weights.h5 file, which stores weights by position without "
-            "the model's config; save the whole model with model.save('x.keras'), or use "
-            "tf_keras model.save_weights('x.h5')"
+            f"{label} is a Keras 3 .weights.h5 file (generic layer paths, no layer_names), "
+            "which load_weights reads with the Keras 3 loader, not this Keras 2 one"
         )
     raise WeightsError(
         f"{label} is an HDF5 file but not Keras weights (no layer_names attribute); pass a Keras "
@@ -81,7 +81,8 @@ def _collect(root: h5py.Group) -> tuple[Found, list[str]]:
     """Datasets by (inner layer, weight base name), and problems with the file's own index.
 
     The inner layer is the weight name's second-last part, so a nested base model's
-    ``conv1/kernel:0`` is found as ``("conv1", "kernel")`` just like a flat file's.
+    ``conv1/kernel:0`` is found as ``("conv1", "kernel")`` just like a flat file's. Keras 3's
+    legacy ``model.save("x.h5")`` drops the ``:0`` and names a depthwise kernel ``kernel``.
     """
     found: Found = {}
     broken: list[str] = []
@@ -97,6 +98,8 @@ def _collect(root: h5py.Group) -> tuple[Found, list[str]]:
             parts = full.split("/")
             layer = parts[-2] if len(parts) >= 2 else group_name
             base = parts[-1].split(":", 1)[0]
+            if base == "kernel" and re.fullmatch(r"conv_dw_\d+", layer):
+                base = "depthwise_kernel"  # Keras 3's legacy .h5 names every kernel 'kernel'
             ds = group.get(full)
             if not isinstance(ds, h5py.Dataset):
                 broken.append(f"{group_name}/{full} (listed in weight_names, absent)")
@@ -149,8 +152,9 @@ def _head_from_weights(found: Found, label: str) -> str:
 
 def read_keras_h5(
     path: str | os.PathLike[str], alpha: float | None, *, label: str | None = None
-) -> tuple[dict[str, torch.Tensor], int | None]:
-    """Our state dict from a Keras 2 HDF5 file, and the input size its config records.
+) -> KerasRead:
+    """Our state dict from a Keras HDF5 file, and the input size and normalisation its config
+    records.
 
     ``alpha`` None takes the file's own width; another explicit alpha is a one-line error
     naming the file's. Raises one WeightsError listing every missing dataset, wrong shape and
@@ -179,11 +183,17 @@ def read_keras_h5(
             )
             wanted = {(t.layer, t.weight) for t in layout}
             unexpected = sorted(f"{la}/{w}:0" for la, w in found if (la, w) not in wanted)
+            # Keras writes every weight a layer has: a kernel without a bias is use_bias=False
+            bias = model.classifier_bias if model is not None else (
+                kernel is None or (head, "bias") in found
+            )
             state = build_state(
                 layout, lambda t: found.get((t.layer, t.weight)), label, alpha,
-                unexpected=unexpected, broken=broken,
+                unexpected=unexpected, broken=broken, classifier_bias=bias,
             )
-            return state, model.res if model is not None else None
+            if model is None:
+                return state, None, None
+            return state, model.res, model.normalization
     except WeightsError:
         raise
     except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:  # damaged file

@@ -6,6 +6,9 @@ nested as one layer, followed by global average pooling (a layer, or the base's
 ``pooling="avg"``), optional Dropout/Reshape/Flatten, one classifier (``Dense(N)``, or the 1x1
 ``conv_preds`` of ``include_top=True``) with a linear or softmax activation, and optionally a
 final softmax. Our model outputs the classifier's logits; the Core ML model applies softmax.
+``Rescaling``/``Normalization(mean, variance)`` layers before the base become the input
+normalisation, augmentation layers there are skipped, and a ``Dense(use_bias=False)`` head
+gets a zero bias.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ import torch
 
 from ..errors import WeightsError
 from ..hashing import file_sha256
+from ..images import Normalization
 from ..model import BLOCKS, MobileNetConfig, alpha_from_channels, key_problems
 from .layouts import (
     KerasTensor,
@@ -44,6 +48,16 @@ _POOLS = {"GlobalAveragePooling2D"}
 _PASS_BEFORE = {"Dropout", "Reshape", "Flatten", "InputLayer"}
 _SOFTMAX_AFTER = {"Activation", "Softmax", "Reshape"}
 _NESTED = {"Functional", "Model", "Sequential"}
+#: Layers that are the identity at inference (data augmentation), allowed before the base.
+_IDENTITY_BEFORE = {
+    "InputLayer", "RandomFlip", "RandomRotation", "RandomZoom", "RandomTranslation",
+    "RandomContrast", "RandomBrightness", "RandomCrop", "Dropout", "GaussianNoise",
+}
+
+
+#: What a Keras reader returns: our state dict, the input size and the input normalisation
+#: its config records (None when it records none).
+KerasRead = tuple[dict[str, torch.Tensor], int | None, Normalization | None]
 
 
 def to_snake_case(name: str) -> str:
@@ -73,6 +87,11 @@ class KerasModel:
     classifier: str  # layer name of the Dense or conv_preds
     classifier_class: str
     res: int | None
+    #: Input normalisation from ``Rescaling`` layers in front of the base (raw 0-255 pixels
+    #: in), or None when the model has none (the user applies ``preprocess_input``).
+    normalization: Normalization | None = None
+    #: False for a ``Dense(use_bias=False)`` head: its bias is zero.
+    classifier_bias: bool = True
 
 
 def _name(layer: Mapping[str, Any]) -> str:
@@ -94,6 +113,13 @@ def _describe(layer: Mapping[str, Any]) -> str:
     elif cls == "Activation":
         extra = f"({cfg.get('activation')})"
     return f"{cls}{extra} '{_name(layer)}'"
+
+
+def _why(layer: Mapping[str, Any]) -> str:
+    """Why a layer we refuse is not part of MobileNet V1, where that is not obvious."""
+    if layer.get("class_name") in ("GlobalMaxPooling2D", "MaxPooling2D"):
+        return " (MobileNet V1 averages its last feature map; max pooling is another network)"
+    return ""
 
 
 def _input_res(layers: list[dict[str, Any]]) -> int | None:
@@ -125,6 +151,7 @@ def _parse(config: Mapping[str, Any], label: str) -> KerasModel:
         base_layers = top
         last = max(i for i, n in enumerate(names) if is_base_layer(n))
         head = top[last + 1:]
+        before = top[:min(i for i, n in enumerate(names) if is_base_layer(n))]
         pooled = False
     else:
         nested = [
@@ -148,16 +175,72 @@ def _parse(config: Mapping[str, Any], label: str) -> KerasModel:
                 pooled = True
             else:
                 raise WeightsError(
-                    f"{label}: the MobileNet base ends in {_describe(la)}; {SUPPORTED_HEAD}"
+                    f"{label}: the MobileNet base ends in {_describe(la)}{_why(la)}; "
+                    f"{SUPPORTED_HEAD}"
                 )
         head = top[base_index + 1:]
-    return KerasModel(top, base_index, base_layers, *_classifier(head, pooled, label),
-                      res=_input_res(top) or _input_res(base_layers))
+        before = top[:base_index]
+    name, cls = _classifier(head, pooled, label)
+    use_bias = next(
+        (la.get("config", {}).get("use_bias", True) for la in head if _name(la) == name), True
+    )
+    return KerasModel(top, base_index, base_layers, name, cls,
+                      res=_input_res(top) or _input_res(base_layers),
+                      normalization=_input_normalization(before, label),
+                      classifier_bias=bool(use_bias))
+
+
+def _channels(value: object, label: str, layer: Mapping[str, Any]) -> np.ndarray:
+    """A Rescaling scale/offset (a number or one per RGB channel) as 3 floats."""
+    array = np.asarray(value, dtype=np.float64).reshape(-1)
+    if array.size not in (1, 3):
+        raise WeightsError(f"{label}: {_describe(layer)} before the MobileNet base has "
+                           f"{array.size} values; expected 1 or 3 (one per RGB channel)")
+    return np.broadcast_to(array, (3,)).astype(np.float64)
+
+
+def _input_normalization(before: list[dict[str, Any]], label: str) -> Normalization | None:
+    """What ``Rescaling``/``Normalization`` layers in front of the base do to raw pixels, as
+    our Normalization.
+
+    ``x = scale * p + offset`` (composed over several layers) is ``(p/255 - mean) / std`` with
+    ``std = 1 / (255 scale)`` and ``mean = -offset * std``. Augmentation layers are the
+    identity at inference; any other layer there (an adapted Normalization keeps its statistics
+    in weights, not the config) is refused, since we could not reproduce it.
+    """
+    scale, offset, seen = np.ones(3), np.zeros(3), False
+    for la in before:
+        cls, cfg = la.get("class_name"), la.get("config", {})
+        if cls in _IDENTITY_BEFORE:
+            continue
+        if cls == "Rescaling":
+            s = _channels(cfg.get("scale", 1.0), label, la)
+            o = _channels(cfg.get("offset", 0.0), label, la)
+        elif cls == "Normalization" and cfg.get("mean") is not None and (
+            cfg.get("variance") is not None and not cfg.get("invert", False)
+        ):  # Keras: (x - mean) / max(sqrt(variance), epsilon 1e-7)
+            sd = np.maximum(np.sqrt(_channels(cfg["variance"], label, la)), 1e-7)
+            s, o = 1.0 / sd, -_channels(cfg["mean"], label, la) / sd
+        else:
+            raise WeightsError(
+                f"{label}: unsupported layer {_describe(la)} before the MobileNet base; only "
+                "Rescaling, Normalization(mean=..., variance=...) and augmentation layers "
+                "(RandomFlip, ...) may come before it"
+            )
+        scale, offset, seen = scale * s, offset * s + o, True
+    if not seen:
+        return None
+    if not (scale > 0).all():
+        raise WeightsError(f"{label}: the Rescaling before the MobileNet base has scale "
+                           f"{scale.tolist()}; only a positive scale maps to an image input")
+    std = 1.0 / (255.0 * scale)
+    mean = -offset * std
+    return Normalization(tuple(float(v) for v in mean), tuple(float(v) for v in std))
 
 
 def _classifier(head: list[dict[str, Any]], pooled: bool, label: str) -> tuple[str, str]:
     """(name, class) of the one classifier layer after checking the head's layer sequence."""
-    what = ", ".join(_describe(la) for la in head) or "nothing"
+    what = ", ".join(_describe(la) + _why(la) for la in head) or "nothing"
     unsupported = f"{label}: unsupported head after the MobileNet base: {what}; {SUPPORTED_HEAD}"
     classifier: dict[str, Any] | None = None
     for la in head:
@@ -237,11 +320,16 @@ def build_state(
     *,
     unexpected: Sequence[str] = (),
     broken: Sequence[str] = (),
+    classifier_bias: bool = True,
 ) -> dict[str, torch.Tensor]:
     """Our state dict from ``get(tensor) -> array-like | None``, after checking every shape.
 
     Raises one WeightsError listing every missing tensor, wrong shape and unexpected weight.
+    ``classifier_bias`` False (a ``Dense(use_bias=False)`` head) expects no classifier bias
+    and uses zeros, which computes exactly what Keras does.
     """
+    if not classifier_bias:
+        layout = [t for t in layout if t.ours != "classifier.bias"]
     missing, wrong = [], []
     arrays: dict[str, Any] = {}
     for t in layout:
@@ -268,6 +356,8 @@ def build_state(
             raise WeightsError(f"{label}: {t.name} contains NaN or infinite values")
         state[ours] = keras_to_ours(t, array)
     k = state["classifier.weight"].shape[0]
+    if not classifier_bias:
+        state["classifier.bias"] = torch.zeros(k, dtype=torch.float32)
     if tuple(state["classifier.bias"].shape) != (k,):
         raise WeightsError(
             f"{label}: the classifier bias has shape {tuple(state['classifier.bias'].shape)}, "
@@ -280,7 +370,7 @@ def build_state(
 def keras_loaded(
     path: str | os.PathLike[str],
     alpha: float | None,
-    read: Callable[[Path, float | None], tuple[dict[str, torch.Tensor], int | None]],
+    read: Callable[[Path, float | None], KerasRead],
     *,
     spec: str,
     fmt: str,
@@ -289,8 +379,11 @@ def keras_loaded(
     """A local Keras file read by ``read`` (Keras 2 ``.h5`` or Keras 3 ``.keras``), with the
     settings every Keras MobileNet was trained with, unless overridden."""
     path = Path(path)
-    state, res = read(path, alpha)
-    settings = apply_overrides(KERAS_SETTINGS, overrides or {})
+    state, res, normalization = read(path, alpha)
+    settings = KERAS_SETTINGS
+    if normalization is not None:  # the model rescales raw pixels itself
+        settings = replace(settings, normalization=normalization)
+    settings = apply_overrides(settings, overrides or {})
     return LoadedWeights(
         state, "file", spec, file_sha256(path), settings, format=fmt, path=path, res=res
     )

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import WeightsError
 from ..model import BLOCKS, MobileNetConfig
 
 # --- timm ------------------------------------------------------------------------------------
@@ -49,6 +50,35 @@ def timm_key_map() -> dict[str, str]:
 def is_timm_layout(keys: object) -> bool:
     """True for a state dict with timm's names (its stem is ``conv_stem``)."""
     return "conv_stem.weight" in keys  # type: ignore[operator]
+
+
+def refuse_timm_variant(state_dict: Mapping[str, torch.Tensor], origin: object) -> None:
+    """A one-line WeightsError for a timm state dict that is not the paper's MobileNet V1.
+
+    ``mobilenetv1_100h`` adds a 1x1 ``conv_head`` + BatchNorm + ReLU6 between the pooled
+    features and the classifier (the paper's network feeds the pooled pointwise features
+    straight to the FC layer), so its weights cannot be run without that extra layer. Other
+    timm models share the ``conv_stem``/``blocks`` names (MobileNet V2/V3, EfficientNet) but
+    have other blocks; both are named here rather than as a list of unexpected keys.
+    """
+    known = timm_key_map()
+    extra = sorted(k for k in state_dict if k not in known and not k.endswith(
+        "num_batches_tracked"))
+    if not extra:
+        return
+    head = {"conv_head.weight"} | {f"bn2.{p}" for p in _BN}
+    if set(extra) <= head and "conv_head.weight" in extra and all(k in state_dict for k in known):
+        shape = tuple(state_dict["conv_head.weight"].shape)
+        raise WeightsError(
+            f"{origin} is timm's mobilenetv1_100h (a 1x1 conv_head {shape} + bn2 between the "
+            "pooled features and the classifier), which is not MobileNet V1 as the paper "
+            "defines it; use a timm mobilenetv1_100 or mobilenetv1_125 checkpoint"
+        )
+    raise WeightsError(
+        f"{origin} has timm key names but is not timm's MobileNet V1 (mobilenetv1_100/125): "
+        f"{len(extra)} keys that network does not have, e.g. {', '.join(extra[:3])} (another "
+        "timm model, such as MobileNet V2/V3 or EfficientNet?)"
+    )
 
 
 def timm_to_ours(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -11,12 +11,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import h5py
+
 from ..errors import WeightsError
 from .checkpoint import FORMATS_HINT
 from .download import DEFAULT_TIMEOUT, ProgressCallback
 from .files import load_state_dict_weights
 from .keras import load_imagenet, load_keras_file
-from .keras3 import load_keras3_file
+from .keras3 import is_keras3_weights, load_keras3_file, load_keras3_weights_file
 from .random_init import random_weights
 from .settings import OUR_SETTINGS, LoadedWeights, apply_overrides, normalize_sha256
 from .sniff import sniff_format
@@ -67,8 +69,20 @@ KEYWORD_LOADERS: dict[str, Loader] = {
 KEYWORD_SPECS = tuple(KEYWORD_LOADERS)
 
 #: A file's sniffed format -> its loader (called with the resolved path).
+def _load_hdf5(path: Path, request: Request) -> LoadedWeights:
+    """Keras 2 (and Keras 3 legacy ``.h5``) files index layers by name; Keras 3's
+    ``.weights.h5`` has only generic paths, so it needs its own reader."""
+    try:
+        with h5py.File(path, "r") as f:
+            keras3 = is_keras3_weights(f)
+    except (OSError, ValueError):
+        keras3 = False  # the Keras 2 reader reports the damaged file
+    load = load_keras3_weights_file if keras3 else load_keras_file
+    return load(path, request.alpha, spec=request.spec, overrides=request.overrides)
+
+
 FORMAT_LOADERS: dict[str, Callable[[Path, Request], LoadedWeights]] = {
-    "hdf5": lambda p, r: load_keras_file(p, r.alpha, spec=r.spec, overrides=r.overrides),
+    "hdf5": _load_hdf5,
     "keras3": lambda p, r: load_keras3_file(p, r.alpha, spec=r.spec, overrides=r.overrides),
     "safetensors": lambda p, r: load_state_dict_weights(p, spec=r.spec, overrides=r.overrides),
     "torch": lambda p, r: load_state_dict_weights(p, spec=r.spec, overrides=r.overrides),
