@@ -18,7 +18,8 @@ import io
 import json
 import os
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 import h5py
@@ -40,6 +41,19 @@ from .keras_common import (
 from .layouts import KerasTensor, keras_base_layout
 from .settings import LoadedWeights
 from .sniff import KERAS3_CONFIG, KERAS3_WEIGHTS
+
+
+@contextmanager
+def _damaged_hdf5(what: str) -> Iterator[None]:
+    """h5py's errors on a truncated or corrupt file as one ``WeightsError`` line."""
+    try:
+        yield
+    except WeightsError:
+        raise
+    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
+        raise WeightsError(
+            f"{what} (truncated or corrupt HDF5): {one_line(exc, 160)}"
+        ) from None
 
 #: Variable names of each layer class, in Keras 3's creation order (before optional ones drop).
 _VARS: dict[str, tuple[str, ...]] = {
@@ -212,17 +226,9 @@ def read_keras3_weights(
     records no input size or preprocessing.
     """
     label = label or str(path)
-    try:
-        with h5py.File(path, "r") as f:
-            paths, head, bias = _paths_from_weights(f, label)
-            state = _state(f, paths, head, bias, alpha, label)
-    except WeightsError:
-        raise
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
-        raise WeightsError(
-            f"{label} is a damaged Keras 3 weights file (truncated or corrupt HDF5): "
-            f"{one_line(exc, 160)}"
-        ) from None
+    with _damaged_hdf5(f"{label} is a damaged Keras 3 weights file"), h5py.File(path, "r") as f:
+        paths, head, bias = _paths_from_weights(f, label)
+        state = _state(f, paths, head, bias, alpha, label)
     return state, None, None
 
 
@@ -258,16 +264,9 @@ def read_keras3(
         raise WeightsError(f"{label}: config.json does not describe a Keras model")
     model = parse_model_config(config, label)
     paths = generic_paths(model)
-    try:
-        with h5py.File(io.BytesIO(weights), "r") as f:
-            state = _state(f, paths, model.classifier, model.classifier_bias, alpha, label)
-    except WeightsError:
-        raise
-    except (OSError, ValueError, KeyError, RuntimeError, TypeError) as exc:
-        raise WeightsError(
-            f"{label}: model.weights.h5 is damaged (truncated or corrupt HDF5): "
-            f"{one_line(exc, 160)}"
-        ) from None
+    with (_damaged_hdf5(f"{label}: model.weights.h5 is damaged"),
+          h5py.File(io.BytesIO(weights), "r") as f):
+        state = _state(f, paths, model.classifier, model.classifier_bias, alpha, label)
     return state, model.res, model.normalization
 
 
